@@ -1,0 +1,146 @@
+"""Start and stop the real processes tests, benchmarks and the dev server run against.
+
+SecantusDB is GPL-licensed and a development dependency only: it is started as a separate
+process through its console script, never imported.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """Ask the kernel for a free loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None:
+    """Block until something accepts TCP connections on host:port, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def _venv_script(name: str) -> str:
+    """Find a console script next to the running interpreter, falling back to PATH."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name} is not installed (pip install -r requirements-dev.txt)")
+    return found
+
+
+@dataclass
+class ManagedProcess:
+    """A child process with its log file; stop() is idempotent."""
+
+    name: str
+    argv: list[str]
+    port: int
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = REPO_ROOT
+    proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> "ManagedProcess":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=self.cwd,
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        try:
+            wait_for_port(self.port, timeout)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"{self.name} did not start; log:\n{self.log_text()}") from None
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if not self.proc or self.proc.poll() is not None:
+            return
+        self.signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: a crash, not a shutdown."""
+        self.stop(signal.SIGKILL)
+
+    def __enter__(self) -> "ManagedProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def secantus(data_dir: Path, port: int | None = None, log_path: Path | None = None) -> ManagedProcess:
+    """A SecantusDB server on 127.0.0.1 keeping its WiredTiger files in data_dir (not started)."""
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return ManagedProcess(
+        name="secantusdb",
+        argv=[
+            _venv_script("secantusd-py"),
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--storage-path", str(data_dir),
+            "--log-level", "WARNING",
+            "--sync-on-commit",
+        ],
+        port=port,
+        log_path=log_path or data_dir.parent / f"secantus-{port}.log",
+    )
+
+
+def mongo_uri(port: int) -> str:
+    """The connection string for a local SecantusDB (a single node, so connect directly)."""
+    return f"mongodb://127.0.0.1:{port}/?directConnection=true"
+
+
+def gunicorn(env: dict[str, str], log_path: Path, port: int | None = None,
+             extra_args: list[str] | None = None) -> ManagedProcess:
+    """The real gunicorn serving app:app with the shipped gunicorn.conf.py (not started)."""
+    port = port or free_port()
+    argv = [
+        _venv_script("gunicorn"),
+        "--config", str(REPO_ROOT / "gunicorn.conf.py"),
+        "--bind", f"127.0.0.1:{port}",
+        *(extra_args or []),
+        "app:app",
+    ]
+    return ManagedProcess(name="gunicorn", argv=argv, port=port, log_path=log_path, env=env)
