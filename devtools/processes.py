@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from signal import SIGKILL, SIGTERM
 import socket
 import subprocess
 import sys
@@ -87,7 +88,8 @@ class ManagedProcess:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    def stop(self, sig: int = SIGTERM, timeout: float = 15.0) -> None:
+        # (the method `signal` above shadows the module inside this class body)
         if not self.proc or self.proc.poll() is not None:
             return
         self.signal(sig)
@@ -144,3 +146,20 @@ def gunicorn(env: dict[str, str], log_path: Path, port: int | None = None,
         "app:app",
     ]
     return ManagedProcess(name="gunicorn", argv=argv, port=port, log_path=log_path, env=env)
+
+
+def gunicorn_serving(app_spec: str, env: dict[str, str], log_path: Path, port: int | None = None,
+                     extra_args: list[str] | None = None) -> ManagedProcess:
+    """gunicorn serving any WSGI app (e.g. the benchmark's reference receivers) with the same
+    settings as the archive: the shipped gunicorn.conf.py when it exists, then extra_args.
+    (not started)"""
+    port = port or free_port()
+    config = REPO_ROOT / "gunicorn.conf.py"
+    argv = [
+        _venv_script("gunicorn"),
+        *(["--config", str(config)] if config.exists() else []),
+        "--bind", f"127.0.0.1:{port}",
+        *(extra_args or []),
+        app_spec,
+    ]
+    return ManagedProcess(name=f"gunicorn {app_spec}", argv=argv, port=port, log_path=log_path, env=env)

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Start the service for development on http://127.0.0.1:42010.
+# Without MONGO_URI it also starts an embedded SecantusDB (DEVELOPMENT ONLY: a test server,
+# not a production database) keeping its data in .dev-data/, and makes up an API key.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+"$ROOT/scripts/bootstrap.sh"
+exec "$ROOT/.venv/bin/python" -m devtools.devserver "$@"

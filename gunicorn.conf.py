@@ -1,0 +1,109 @@
+"""Gunicorn settings for the ImprovMX webhook archive: `gunicorn -c gunicorn.conf.py app:app`.
+
+Nothing here names a path or a user, so the same file serves a checkout, CI and the systemd
+unit. Two settings come from the environment (GUNICORN_BIND, WEB_CONCURRENCY); any other one
+can be changed through gunicorn's own GUNICORN_CMD_ARGS or the command line, which gunicorn
+applies after this file.
+"""
+
+import logging
+import os
+import re
+
+from gunicorn import glogging
+
+# Loopback only by default: Caddy on the same host is the only client. On a scaled-out app
+# host, GUNICORN_BIND names the private address Caddy dials (comma-separate several binds)
+# and gunicorn's FORWARDED_ALLOW_IPS must then name Caddy's address.
+bind = [addr.strip() for addr in os.environ.get("GUNICORN_BIND", "127.0.0.1:42010").split(",") if addr.strip()]
+
+
+def _cores() -> int:
+    """CPUs this process may run on (honours cpusets and systemd's AllowedCPUs=)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+workers = int(os.environ.get("WEB_CONCURRENCY") or 2 * _cores() + 1)
+
+# gthread, not sync: Caddy streams request bodies to us unbuffered, so a client uploading a
+# 70 MB message over a slow link holds its worker for minutes. A sync worker would be
+# blocked for all of that (gunicorn's docs warn of slow-client denial of service behind a
+# non-buffering proxy); a gthread worker parks the slow upload on one thread and keeps
+# serving on the others. Threads rather than gevent/eventlet because pymongo is
+# thread-safe and needs no monkey patching.
+worker_class = "gthread"
+threads = 4
+
+# No preload_app: each worker opens its own MongoClient after the fork (pymongo clients are
+# not fork-safe) and a HUP reload imports the new application code.
+preload_app = False
+
+# gthread workers heartbeat from their main loop, not per request, so `timeout` only catches
+# a wedged worker; it is generous because decoding a 70 MB payload's base64 attachments is
+# CPU-bound. graceful_timeout lets an in-flight 70 MB upload at ~5 Mbit/s finish during a
+# reload or stop (the systemd unit's TimeoutStopSec is longer still).
+timeout = 120
+graceful_timeout = 120
+# Longer than the idle time of Caddy's upstream connections (keepalive 30s in the
+# Caddyfile), so gunicorn never closes a connection Caddy is about to reuse.
+keepalive = 75
+
+# Recycle workers now and then to cap slow memory growth; the jitter keeps them from all
+# restarting at once.
+max_requests = 2000
+max_requests_jitter = 200
+
+proc_name = "improvmx-webhook"
+
+# systemd manages the process (signals HUP/TERM/TTIN/TTOU); gunicorn's control socket would
+# otherwise be created under the service user's $HOME, which the unit makes inaccessible.
+control_socket_disable = True
+
+# Both logs go to stdout/stderr, i.e. the journal under systemd.
+accesslog = "-"
+errorlog = "-"
+# %(h)s is REMOTE_ADDR after the app's ProxyFix rewrote it in place, i.e. the client address
+# the app saw (the right-most X-Forwarded-For entry, which Caddy sets); xff= shows the header
+# as Caddy sent it and rid= ties the line to the app's own request log.
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms xff="%({x-forwarded-for}i)s" rid=%({x-request-id}o)s "%(a)s"'
+
+_SECRET_IN_PATH = re.compile(r"(/webhook/)[^/?#\s\"]+")
+# Request headers and environ keys whose values are credentials; dropped from the log atoms
+# so not even a custom access_log_format can print them.
+_CREDENTIAL_ATOMS = ("{authorization}i", "{http_authorization}e", "{proxy-authorization}i",
+                     "{http_proxy_authorization}e", "{cookie}i", "{http_cookie}e")
+
+
+def mask_secrets(text: str) -> str:
+    """Replace the secret in /webhook/<secret> (WEBHOOK_SECRET) with ***."""
+    return _SECRET_IN_PATH.sub(r"\1***", text)
+
+
+class _MaskSecretsFilter(logging.Filter):
+    """Render each record and mask secret webhook paths before any handler sees it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = mask_secrets(record.getMessage()), ()
+        return True
+
+
+class ArchiveLogger(glogging.Logger):
+    """gunicorn's logger, minus credentials: the webhook secret in request paths (access and
+    error log alike) is masked and credential headers are not available to the format."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            if not any(isinstance(f, _MaskSecretsFilter) for f in log.filters):
+                log.addFilter(_MaskSecretsFilter())
+
+    def atoms(self, resp, req, environ, request_time):
+        atoms = super().atoms(resp, req, environ, request_time)
+        for key in _CREDENTIAL_ATOMS:
+            atoms.pop(key, None)
+        return atoms
+
+
+logger_class = ArchiveLogger

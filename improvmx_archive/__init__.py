@@ -1,0 +1,78 @@
+"""ImprovMX Webhook Archive: receive ImprovMX webhooks, archive every message, serve it back."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from flask_cors import CORS
+from pymongo.errors import PyMongoError
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .archive import Archive
+from .cli import register_commands
+from .config import Settings
+from .db import create_indexes, make_client
+from .errors import register_error_handlers
+from .ratelimit import register_rate_limits
+from .requestlog import configure_logging, register_request_log
+from .routes import docs, emails, health, webhook
+from .security import Lockout, register_security
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+
+EXPOSED_HEADERS = ["X-Request-ID", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining",
+                   "X-RateLimit-Reset", "Content-Disposition", "X-Content-SHA256"]
+
+
+def create_app(settings: Settings | None = None, *, mongo_client=None) -> Flask:
+    """Build the app from validated settings (read from the environment when not given).
+
+    Tests pass a mongomock client; production lets the app open its own MongoClient.
+    """
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    register_config(app, settings)
+    register_request_log(app)
+    register_extensions(app, settings, mongo_client)
+    register_blueprints(app)
+    register_security(app)
+    register_error_handlers(app)
+    register_commands(app)
+    return app
+
+
+def register_config(app: Flask, settings: Settings) -> None:
+    configure_logging(settings)
+    app.config["SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    if settings.trusted_proxy_count:
+        count = settings.trusted_proxy_count
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)
+
+
+def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
+    client = mongo_client if mongo_client is not None else make_client(settings)
+    database = client[settings.mongo_db]
+    app.extensions["mongo_client"] = client
+    app.extensions["database"] = database
+    app.extensions["archive"] = Archive(database)
+    app.extensions["lockout"] = Lockout(database)
+    app.extensions["spool"] = Spool(settings.spool_dir)
+    try:
+        create_indexes(database)
+    except PyMongoError:
+        log.warning("MongoDB unreachable at start-up; indexes will be created by `flask create-indexes` "
+                    "or the next start")
+    register_rate_limits(app, settings)
+    if settings.cors_origins:
+        CORS(app, origins=list(settings.cors_origins), supports_credentials=False,
+             allow_headers=["Authorization", "Content-Type"], expose_headers=EXPOSED_HEADERS,
+             methods=["GET", "PATCH", "OPTIONS"], max_age=600)
+
+
+def register_blueprints(app: Flask) -> None:
+    for module in (health, webhook, emails, docs):
+        app.register_blueprint(module.bp)

@@ -1,0 +1,255 @@
+"""The archive: store a message exactly once, and read messages and their parts back.
+
+Order of writes is what keeps the archive consistent: part bytes go to GridFS first, the
+message document last and durably, guarded by a unique idempotency key. A crash in between
+leaves only unreferenced blobs, which a retry reuses and gc_blobs removes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import bson
+from bson import ObjectId
+from pymongo import DESCENDING, ReturnDocument
+from pymongo.errors import (
+    AutoReconnect,
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    NotPrimaryError,
+    ServerSelectionTimeoutError,
+    WriteConcernError,
+)
+
+from .db import ACKNOWLEDGED, DURABLE, DatabaseUnavailable
+from .parts import BlobStore, Decoded, inspect_part
+from .payload import Message, Part, accepts_domains, escape_keys, idempotency_key, normalise, unescape_keys
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "MongoDB cannot take this write now", as opposed to a bug or bad data.
+UNAVAILABLE_ERRORS = (
+    AutoReconnect, ConnectionFailure, ServerSelectionTimeoutError, NotPrimaryError,
+    ExecutionTimeout, WriteConcernError,
+)
+BODY_INLINE_LIMIT = 1024 * 1024  # larger text/html bodies go to GridFS
+DOCUMENT_LIMIT = 15 * 1024 * 1024  # stay clear of MongoDB's 16 MB document cap
+SUMMARY_EXCLUDE = {"text": 0, "html": 0, "headers": 0, "overflow": 0, "bodies": 0}
+
+
+class RecipientNotAccepted(Exception):
+    """No recipient of the message is in a domain this archive listens for (DOMINIO)."""
+
+
+@dataclass
+class IngestResult:
+    email_id: str
+    duplicate: bool
+
+
+def _part_record(part: Part, decoded: Decoded, blob_id: ObjectId) -> dict[str, Any]:
+    """What the message document says about one part (its bytes live in GridFS)."""
+    record = {
+        "index": part.index,
+        "name": part.name,
+        "type": part.content_type,
+        "size": decoded.size,
+        "sha256": decoded.sha256,
+        "blob_id": blob_id,
+        "stored_as": decoded.mode,
+    }
+    for key, value in part.raw.items():
+        if key not in ("content", "name", "type") and key not in record:
+            record[key] = value
+    if decoded.flags:
+        record["flags"] = decoded.flags
+    return record
+
+
+class Archive:
+    """All reads and writes of messages; one per app, shared by threads."""
+
+    def __init__(self, database):
+        self.database = database
+        self.emails = database.emails
+        self.durable_emails = database.get_collection("emails", write_concern=DURABLE)
+        self.blobs = BlobStore(database, write_concern=ACKNOWLEDGED)
+
+    def ingest(self, payload: dict[str, Any], *, email_id: ObjectId | None = None,
+               domains: tuple[str, ...] = ()) -> IngestResult:
+        """Store one payload (idempotently) and return its id.
+
+        Raises RecipientNotAccepted when `domains` is set and no recipient is in them, and
+        DatabaseUnavailable when MongoDB cannot take the write, so the caller can spool the
+        message or answer 503 for ImprovMX to retry.
+        """
+        message = normalise(payload)
+        if not accepts_domains(message, domains):
+            raise RecipientNotAccepted()
+        try:
+            return self._ingest(message, email_id or ObjectId())
+        except UNAVAILABLE_ERRORS as error:
+            raise DatabaseUnavailable(type(error).__name__) from error
+
+    def _ingest(self, message: Message, email_id: ObjectId) -> IngestResult:
+        decoded = [inspect_part(part) for part in message.parts]
+        key = idempotency_key(message, [d.sha256 for d in decoded])
+        existing = self.emails.find_one({"idempotency_key": key}, {"_id": 1})
+        if existing:
+            return IngestResult(str(existing["_id"]), True)
+
+        records: dict[str, list] = {"attachments": [], "inlines": []}
+        for part, info in zip(message.parts, decoded):
+            blob_id = self.blobs.put(info.slices(part.content), info.sha256, info.size, part.content_type)
+            records[part.kind].append(_part_record(part, info, blob_id))
+
+        document = self._document(message, records, key, email_id)
+        try:
+            self.durable_emails.insert_one(document)
+        except DuplicateKeyError:
+            existing = self.emails.find_one({"idempotency_key": key}, {"_id": 1})
+            if existing is None:
+                raise
+            return IngestResult(str(existing["_id"]), True)
+        return IngestResult(str(email_id), False)
+
+    def _document(self, message: Message, records: dict[str, list], key: str,
+                  email_id: ObjectId) -> dict[str, Any]:
+        fields = dict(message.fields)
+        bodies = {}
+        for body in ("text", "html"):
+            value = fields.get(body)
+            if isinstance(value, str) and len(value) > BODY_INLINE_LIMIT:
+                bodies[body] = self._store_text(value, "text/plain" if body == "text" else "text/html")
+                fields[body] = None
+        flags = list(message.flags)
+        flags += [f"{record['type']}:{flag}" for kind in records.values() for record in kind
+                  for flag in record.get("flags", [])]
+        size = sum(r["size"] for kind in records.values() for r in kind) + sum(
+            len(fields[b]) for b in ("text", "html") if isinstance(fields.get(b), str)
+        ) + sum(b["size"] for b in bodies.values())
+        document = {
+            "_id": email_id,
+            **escape_keys(fields),
+            "attachments": records["attachments"],
+            "inlines": records["inlines"],
+            "extra": escape_keys(message.extra),
+            **message.derived,
+            "idempotency_key": key,
+            "received_at": datetime.now(timezone.utc),
+            "processed": False,
+            "size": size,
+            "attachment_count": len(records["attachments"]),
+            "has_attachments": bool(records["attachments"]),
+            "flags": flags,
+        }
+        if bodies:
+            document["bodies"] = bodies
+        if len(bson.encode(document)) > DOCUMENT_LIMIT:
+            document = self._overflow(document)
+        return document
+
+    def _store_text(self, value: str, content_type: str) -> dict[str, Any]:
+        part = Part("body", 0, {"content": value, "type": content_type})
+        info = inspect_part(part)
+        blob_id = self.blobs.put(info.slices(value), info.sha256, info.size, content_type)
+        return {"blob_id": blob_id, "sha256": info.sha256, "size": info.size}
+
+    def _overflow(self, document: dict[str, Any]) -> dict[str, Any]:
+        """Move headers and unknown fields to GridFS when they alone would break 16 MB."""
+        spilled = {key: document.pop(key) for key in ("headers", "extra") if key in document}
+        encoded = json.dumps(spilled, default=str)
+        document["overflow"] = self._store_text(encoded, "application/json")
+        document["flags"].append("overflow")
+        return document
+
+    def find(self, email_id: str) -> dict[str, Any] | None:
+        """One whole message with bodies restored, or None for an unknown or malformed id."""
+        if not ObjectId.is_valid(email_id):
+            return None
+        document = self.emails.find_one({"_id": ObjectId(email_id)})
+        if document is None:
+            return None
+        for body, info in document.pop("bodies", {}).items():
+            document[body] = self.read_text(info["blob_id"])
+        overflow = document.pop("overflow", None)
+        if overflow:
+            document.update(json.loads(self.read_text(overflow["blob_id"]) or "{}"))
+        return unescape_keys(document)
+
+    def read_text(self, blob_id: ObjectId) -> str | None:
+        stream = self.blobs.open(blob_id)
+        return stream.read().decode("utf-8", "surrogatepass") if stream else None
+
+    def search(self, query: dict[str, Any], skip: int, limit: int) -> tuple[list[dict], int]:
+        """A page of summaries, newest first, and the total number matching."""
+        cursor = (
+            self.emails.find(query, SUMMARY_EXCLUDE)
+            .sort([("received_at", DESCENDING), ("_id", DESCENDING)])
+            .skip(skip)
+            .limit(limit)
+        )
+        page = [unescape_keys(doc) for doc in cursor]
+        total = self.emails.count_documents(query) if query else self.emails.estimated_document_count()
+        return page, total
+
+    def set_processed(self, email_id: str, processed: bool) -> dict[str, Any] | None:
+        if not ObjectId.is_valid(email_id):
+            return None
+        return self.durable_emails.find_one_and_update(
+            {"_id": ObjectId(email_id)},
+            {"$set": {"processed": processed,
+                      "processed_at": datetime.now(timezone.utc) if processed else None}},
+            projection={"_id": 1, "processed": 1, "processed_at": 1},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    def part(self, email_id: str, *, name: str | None = None, position: int | None = None):
+        """A part's record and open GridFS stream, by file name or by 0-based position.
+
+        Attachments come first, then inlines; a name matches an attachment or inline name or
+        an inline's Content-ID.
+        """
+        if not ObjectId.is_valid(email_id):
+            return None, None
+        document = self.emails.find_one({"_id": ObjectId(email_id)}, {"attachments": 1, "inlines": 1})
+        if document is None:
+            return None, None
+        parts = list(document.get("attachments") or []) + list(document.get("inlines") or [])
+        if position is not None:
+            record = parts[position] if 0 <= position < len(parts) else None
+        else:
+            record = next((p for p in parts if p.get("name") == name), None) or next(
+                (p for p in parts if p.get("cid") == name), None
+            )
+        if record is None:
+            return None, None
+        return record, self.blobs.open(record["blob_id"])
+
+    def gc_blobs(self, grace: timedelta = timedelta(hours=1)) -> int:
+        """Delete blobs no message references, older than the grace period (in-flight
+        ingests write blobs before their message). Returns how many were removed."""
+        cutoff = datetime.now(timezone.utc) - grace
+        removed = 0
+        for blob in self.database["blobs.files"].find({"uploadDate": {"$lt": cutoff}}, {"_id": 1}):
+            blob_id = blob["_id"]
+            referenced = self.emails.find_one(
+                {"$or": [
+                    {"attachments.blob_id": blob_id},
+                    {"inlines.blob_id": blob_id},
+                    {"bodies.text.blob_id": blob_id},
+                    {"bodies.html.blob_id": blob_id},
+                    {"overflow.blob_id": blob_id},
+                ]},
+                {"_id": 1},
+            )
+            if referenced is None:
+                self.blobs.delete(blob_id)
+                removed += 1
+        return removed
+

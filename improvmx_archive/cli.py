@@ -1,0 +1,96 @@
+"""`flask` commands for operators: check, create-indexes, send-sample, gc-blobs, spool."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from datetime import timedelta
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+from .db import create_indexes, ping
+from .sample import payload_from_mime, sample_mime
+
+spool_cli = AppGroup("spool", help="Inspect and replay messages spooled during a MongoDB outage.")
+
+EXIT_DATABASE_UNREACHABLE = 3
+
+
+@click.command("check")
+def check_command():
+    """Configuration valid (it loaded) and MongoDB reachable; exit 0, or 3 if MongoDB is not."""
+    settings = current_app.config["SETTINGS"]
+    if not ping(current_app.extensions["mongo_client"]):
+        click.echo(f"error: MongoDB is not reachable within {settings.mongo_timeout_ms} ms "
+                   f"(check MONGO_URI / MONGO_HOST)", err=True)
+        sys.exit(EXIT_DATABASE_UNREACHABLE)
+    click.echo(f"ok: configuration valid, MongoDB reachable, database {settings.mongo_db!r}, "
+               f"{len(settings.api_keys)} API key(s), spool at {settings.spool_dir}")
+
+
+@click.command("create-indexes")
+def create_indexes_command():
+    """Create every index the app relies on (idempotent; also done at start-up)."""
+    create_indexes(current_app.extensions["database"])
+    click.echo("ok: indexes created")
+
+
+@click.command("send-sample")
+@click.option("--url", default="http://127.0.0.1:42010/webhook", show_default=True,
+              help="The running server's webhook URL (include the secret segment if set).")
+@click.option("--to", "recipient", default="inbox@example.com", show_default=True, help="Recipient address.")
+def send_sample_command(url: str, recipient: str):
+    """POST a realistic sample message (text, HTML, inline image, PDF) to a running server."""
+    body = json.dumps(payload_from_mime(sample_mime(recipient=recipient))).encode()
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            click.echo(f"{response.status} {response.read().decode()}")
+    except urllib.error.HTTPError as error:
+        click.echo(f"{error.code} {error.read().decode()}", err=True)
+        sys.exit(1)
+    except OSError as error:
+        click.echo(f"error: cannot reach {url}: {error}", err=True)
+        sys.exit(1)
+
+
+@click.command("gc-blobs")
+@click.option("--grace-minutes", default=60, show_default=True, type=click.IntRange(min=1),
+              help="Keep unreferenced blobs younger than this (an ingest may be in flight).")
+def gc_blobs_command(grace_minutes: int):
+    """Delete attachment blobs that no message references (left by a crash mid-ingest)."""
+    removed = current_app.extensions["archive"].gc_blobs(timedelta(minutes=grace_minutes))
+    click.echo(f"ok: removed {removed} unreferenced blob(s)")
+
+
+@spool_cli.command("status")
+def spool_status_command():
+    """How many messages wait in the spool, how old the oldest is, and where they are."""
+    spool = current_app.extensions["spool"]
+    status = spool.status()
+    click.echo(f"spool directory: {spool.directory.resolve()}")
+    click.echo(f"waiting: {status['depth']} message(s), {status['bytes']} bytes")
+    if status["oldest_age_seconds"] is not None:
+        click.echo(f"oldest: {status['oldest_age_seconds']:.0f} s ago")
+    click.echo(f"set aside as corrupt: {status['corrupt']} (in {spool.corrupt_dir.resolve()})")
+
+
+@spool_cli.command("replay")
+def spool_replay_command():
+    """Move every spooled message into MongoDB now; exit 3 if MongoDB is still down."""
+    report = current_app.extensions["spool"].replay(current_app.extensions["archive"])
+    click.echo(f"stored {len(report.stored)}, already stored {len(report.duplicates)}, "
+               f"corrupt {len(report.corrupt)}, skipped (busy) {report.skipped}")
+    if report.stopped_by_outage:
+        click.echo("error: MongoDB is unavailable; the rest stays spooled", err=True)
+        sys.exit(EXIT_DATABASE_UNREACHABLE)
+
+
+def register_commands(app: Flask) -> None:
+    for command in (check_command, create_indexes_command, send_sample_command, gc_blobs_command, spool_cli):
+        app.cli.add_command(command)

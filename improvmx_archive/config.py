@@ -1,0 +1,177 @@
+"""Settings read once from the environment (and a `.env` file), validated up front.
+
+Every mistake an operator can make here stops start-up with a one-line ConfigError that
+names the variable, so the service never runs half-configured or with an open API.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote_plus
+
+from dotenv import dotenv_values
+from limits import parse_many
+
+DEFAULT_DB = "webmail_improvmx"
+MB = 1024 * 1024
+
+# ImprovMX sends every webhook from this address (its webhook documentation, "Security").
+IMPROVMX_SOURCE_IP = "15.237.103.194"
+
+DEFAULT_LIMITS = {
+    "RATELIMIT_GLOBAL": "200 per day;50 per hour",
+    "RATELIMIT_WEBHOOK": "200 per minute",
+    "RATELIMIT_DOCS": "60 per minute",
+    "RATELIMIT_HEALTH": "30 per minute",
+    "RATELIMIT_LIST": "20 per minute",
+    "RATELIMIT_DETAIL": "30 per minute",
+    "RATELIMIT_DOWNLOAD": "10 per minute",
+}
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the variable and what to do."""
+
+
+def _flag(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+
+def _number(env: dict[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum:g}")
+    return value
+
+
+def _csv(raw: str | None) -> list[str]:
+    return [item.strip() for item in (raw or "").split(",") if item.strip()]
+
+
+def _mongo_uri(env: dict[str, str]) -> str:
+    """MONGO_URI wins; otherwise the guide's MONGO_USER/MONGO_PASS/MONGO_HOST, safely quoted."""
+    uri = env.get("MONGO_URI", "").strip()
+    if uri:
+        if not uri.startswith(("mongodb://", "mongodb+srv://")):
+            raise ConfigError("MONGO_URI must start with mongodb:// or mongodb+srv://")
+        return uri
+    host = env.get("MONGO_HOST", "").strip()
+    if not host:
+        raise ConfigError("Set MONGO_URI (or MONGO_HOST with MONGO_USER and MONGO_PASS)")
+    user = env.get("MONGO_USER", "")
+    password = env.get("MONGO_PASS", "")
+    if bool(user) != bool(password):
+        raise ConfigError("MONGO_USER and MONGO_PASS must be set together")
+    credentials = f"{quote_plus(user)}:{quote_plus(password)}@" if user else ""
+    return f"mongodb://{credentials}{host}/"
+
+
+def _limit(env: dict[str, str], name: str) -> str:
+    value = env.get(name, "").strip() or DEFAULT_LIMITS[name]
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ConfigError(f"{name} is not a rate limit such as '30 per minute': {value!r}") from None
+    return value
+
+
+def _networks(env: dict[str, str], name: str) -> tuple[ipaddress._BaseNetwork, ...]:
+    networks = []
+    for item in _csv(env.get(name)):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name} holds {item!r}, which is not an IP address or CIDR") from None
+    return tuple(networks)
+
+
+def _spool_dir(env: dict[str, str]) -> Path:
+    if env.get("SPOOL_DIR", "").strip():
+        return Path(env["SPOOL_DIR"].strip())
+    if env.get("STATE_DIRECTORY", "").strip():
+        return Path(env["STATE_DIRECTORY"].split(":")[0]) / "spool"
+    return Path("spool")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app reads from its environment, already validated."""
+
+    mongo_uri: str
+    mongo_db: str = DEFAULT_DB
+    api_keys: tuple[str, ...] = ()
+    domains: tuple[str, ...] = ()
+    mongo_timeout_ms: int = 5000
+    max_body_bytes: int = 70 * MB
+    trusted_proxy_count: int = 1
+    webhook_secret: str = ""
+    webhook_allowed_networks: tuple[ipaddress._BaseNetwork, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    ratelimit_enabled: bool = True
+    ratelimit_storage_uri: str = ""
+    limits: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    spool_dir: Path = Path("spool")
+    spool_replay_interval: float = 30.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, dotenv_path: str | None = ".env") -> "Settings":
+        """Read settings; variables in the real environment override those in .env."""
+        env = {}
+        if dotenv_path and Path(dotenv_path).is_file():
+            env.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+        env.update(os.environ if environ is None else environ)
+
+        api_keys = tuple(_csv(env.get("API_KEY")))
+        if not api_keys:
+            raise ConfigError("API_KEY is not set: set it to a long random token (comma-separate several to rotate)")
+        if any(len(key) < 16 for key in api_keys):
+            raise ConfigError("API_KEY: every key must be at least 16 characters long")
+
+        mongo_uri = _mongo_uri(env)
+        ratelimit_enabled = _flag(env, "RATELIMIT_ENABLED", True)
+        storage_uri = env.get("RATELIMIT_STORAGE_URI", "").strip() or mongo_uri
+        cors_origins = tuple(_csv(env.get("CORS_ORIGINS")))
+        if "*" in cors_origins:
+            raise ConfigError("CORS_ORIGINS must list origins explicitly; '*' is refused")
+        secret = env.get("WEBHOOK_SECRET", "").strip()
+        if secret and (len(secret) < 16 or "/" in secret):
+            raise ConfigError("WEBHOOK_SECRET must be at least 16 characters and contain no '/'")
+        log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
+        if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR")
+
+        return cls(
+            mongo_uri=mongo_uri,
+            mongo_db=env.get("MONGO_DB", "").strip() or DEFAULT_DB,
+            api_keys=api_keys,
+            domains=tuple(domain.lower().lstrip("@") for domain in _csv(env.get("DOMINIO"))),
+            mongo_timeout_ms=int(_number(env, "MONGO_TIMEOUT_MS", 5000, 100)),
+            max_body_bytes=int(_number(env, "MAX_BODY_MB", 70, 1) * MB),
+            trusted_proxy_count=int(_number(env, "TRUSTED_PROXY_COUNT", 1, 0)),
+            webhook_secret=secret,
+            webhook_allowed_networks=_networks(env, "WEBHOOK_ALLOWED_IPS"),
+            cors_origins=cors_origins,
+            ratelimit_enabled=ratelimit_enabled,
+            ratelimit_storage_uri=storage_uri,
+            limits={name: _limit(env, name) for name in DEFAULT_LIMITS},
+            spool_dir=_spool_dir(env),
+            spool_replay_interval=_number(env, "SPOOL_REPLAY_INTERVAL", 30, 1),
+            log_level=log_level,
+        )

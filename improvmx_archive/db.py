@@ -1,0 +1,76 @@
+"""The MongoDB connection, the durable write concern and every index the app relies on.
+
+One MongoClient per process (pymongo pools connections and is thread-safe). Timeouts are
+seconds, not minutes, so a dead database gives a clean error instead of a hung worker.
+"""
+
+from __future__ import annotations
+
+from pymongo import ASCENDING, DESCENDING, IndexModel, MongoClient
+from pymongo.errors import PyMongoError
+from pymongo.write_concern import WriteConcern
+
+from .config import Settings
+
+# Journaled, and on a replica set acknowledged by a majority: survives a crash or failover.
+DURABLE = WriteConcern(w="majority", j=True)
+# GridFS chunks are written acknowledged but unjournaled; the message document written after
+# them with DURABLE flushes the journal (and majority point) past them as well.
+ACKNOWLEDGED = WriteConcern(w=1)
+
+LOCKOUT_FAILURE_TTL = 300
+
+EMAIL_INDEXES = [
+    IndexModel([("idempotency_key", ASCENDING)], name="idempotency_key_unique", unique=True),
+    IndexModel([("received_at", DESCENDING), ("_id", DESCENDING)], name="newest_first"),
+    IndexModel([("from_email", ASCENDING), ("received_at", DESCENDING)], name="by_sender"),
+    IndexModel([("recipients", ASCENDING), ("received_at", DESCENDING)], name="by_recipient"),
+    IndexModel([("processed", ASCENDING), ("received_at", DESCENDING)], name="by_processed"),
+    IndexModel([("has_attachments", ASCENDING), ("received_at", DESCENDING)], name="by_attachments"),
+    IndexModel([("subject_lower", ASCENDING)], name="by_subject"),
+    # Let gc_blobs find whether anything still references a blob without a collection scan.
+    IndexModel([("attachments.blob_id", ASCENDING)], name="attachment_blobs"),
+    IndexModel([("inlines.blob_id", ASCENDING)], name="inline_blobs"),
+    IndexModel([("bodies.text.blob_id", ASCENDING)], name="text_blobs", sparse=True),
+    IndexModel([("bodies.html.blob_id", ASCENDING)], name="html_blobs", sparse=True),
+    IndexModel([("overflow.blob_id", ASCENDING)], name="overflow_blobs", sparse=True),
+]
+
+
+class DatabaseUnavailable(Exception):
+    """MongoDB did not answer within the configured timeout."""
+
+
+def make_client(settings: Settings) -> MongoClient:
+    timeout = settings.mongo_timeout_ms
+    return MongoClient(
+        settings.mongo_uri,
+        serverSelectionTimeoutMS=timeout,
+        connectTimeoutMS=timeout,
+        socketTimeoutMS=max(30_000, timeout * 6),
+        appname="improvmx-webhook",
+        tz_aware=True,
+    )
+
+
+def create_indexes(database) -> None:
+    """Create every index; safe to run again (MongoDB skips identical existing ones)."""
+    database.emails.create_indexes(EMAIL_INDEXES)
+    database["blobs.files"].create_index([("metadata.sha256", ASCENDING)], name="by_sha256")
+    database["blobs.files"].create_index([("uploadDate", ASCENDING)], name="by_upload_date")
+    database["blobs.chunks"].create_index(
+        [("files_id", ASCENDING), ("n", ASCENDING)], name="files_id_1_n_1", unique=True
+    )
+    database.auth_failures.create_index(
+        [("at", ASCENDING)], name="expire_failures", expireAfterSeconds=LOCKOUT_FAILURE_TTL
+    )
+    database.auth_failures.create_index([("ip", ASCENDING), ("at", ASCENDING)], name="by_ip")
+    database.auth_blocks.create_index([("until", ASCENDING)], name="expire_blocks", expireAfterSeconds=0)
+
+
+def ping(client: MongoClient) -> bool:
+    try:
+        client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False

@@ -1,0 +1,167 @@
+"""The OpenAPI 3.1 description of the API: one source for /openapi.json and the /docs page.
+
+A test compares it with the app's URL map, so a route cannot exist undocumented.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR = {"$ref": "#/components/responses/Error"}
+BEARER = [{"bearer": []}]
+
+
+def _error_responses(*codes: int) -> dict[str, Any]:
+    return {str(code): ERROR for code in codes}
+
+
+def _param(name: str, where: str, schema: dict, description: str, required: bool = False) -> dict:
+    return {"name": name, "in": where, "required": required or where == "path",
+            "schema": schema, "description": description}
+
+
+EMAIL_ID = _param("email_id", "path", {"type": "string"}, "The message id (24 hex characters).")
+AUTH_ERRORS = (401, 403, 429)
+
+LIST_PARAMETERS = [
+    _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "Page size."),
+    _param("skip", "query", {"type": "integer", "minimum": 0, "default": 0}, "Messages to skip."),
+    _param("from_email", "query", {"type": "string", "format": "email"}, "Sender address, exact, case-insensitive."),
+    _param("to", "query", {"type": "string", "format": "email"}, "Recipient address (to, cc, envelope, Delivered-To)."),
+    _param("subject", "query", {"type": "string", "maxLength": 500}, "Case-insensitive substring of the subject."),
+    _param("since", "query", {"type": "string", "format": "date-time"}, "Received at or after (ISO 8601)."),
+    _param("until", "query", {"type": "string", "format": "date-time"}, "Received at or before (ISO 8601)."),
+    _param("processed", "query", {"type": "boolean"}, "Only messages marked processed (true) or not (false)."),
+    _param("has_attachments", "query", {"type": "boolean"}, "Only messages with (true) or without (false) attachments."),
+]
+
+PAYLOAD_SCHEMA = {
+    "type": "object",
+    "description": "The ImprovMX webhook payload; unknown fields are kept.",
+    "additionalProperties": True,
+    "properties": {
+        "headers": {"type": "object"},
+        "to": {"type": "array", "items": {"$ref": "#/components/schemas/Address"}},
+        "cc": {"type": "array", "items": {"$ref": "#/components/schemas/Address"}},
+        "from": {"$ref": "#/components/schemas/Address"},
+        "subject": {"type": "string"},
+        "message-id": {"type": "string"},
+        "date": {"type": "string"},
+        "return-path": {"$ref": "#/components/schemas/Address"},
+        "timestamp": {"type": "integer"},
+        "text": {"type": ["string", "null"]},
+        "html": {"type": ["string", "null"]},
+        "inlines": {"type": "array", "items": {"$ref": "#/components/schemas/Part"}},
+        "attachments": {"type": "array", "items": {"$ref": "#/components/schemas/Part"}},
+    },
+}
+
+WEBHOOK_OPERATION = {
+    "summary": "Receive one email from ImprovMX",
+    "description": "Stores the message (attachments in GridFS, deduplicated) and answers 200 only once it is "
+                   "durably kept; a retried delivery answers 200 with duplicate=true. While MongoDB is down the "
+                   "message is spooled to local disk and the answer is 202.",
+    "requestBody": {"required": True, "content": {"application/json": {"schema": PAYLOAD_SCHEMA}}},
+    "responses": {
+        "200": {"description": "Stored (or already stored)", "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/WebhookResult"}}}},
+        "202": {"description": "Spooled; archived when the database is back", "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/WebhookResult"}}}},
+        **_error_responses(400, 403, 404, 413, 422, 429, 503),
+    },
+}
+
+DOWNLOAD_RESPONSES = {
+    "200": {"description": "The part's bytes, streamed, with Content-Disposition",
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+    **_error_responses(*AUTH_ERRORS, 404),
+}
+
+
+def build_spec() -> dict[str, Any]:
+    """The whole OpenAPI document."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ImprovMX Webhook Archive",
+            "version": "1.0.0",
+            "description": "Receives ImprovMX inbound-email webhooks, archives every message in MongoDB and "
+                           "serves the archive back. Every error is JSON {\"success\": false, \"error\": \"...\"}.",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "One of the keys in API_KEY."}},
+            "responses": {"Error": {"description": "Error", "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/Error"}}}}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["success", "error"], "properties": {
+                    "success": {"const": False}, "error": {"type": "string"}}},
+                "Address": {"type": "object", "properties": {
+                    "name": {"type": ["string", "null"]}, "email": {"type": "string"}}},
+                "Part": {"type": "object", "properties": {
+                    "type": {"type": "string"}, "name": {"type": "string"}, "content": {"type": "string"},
+                    "cid": {"type": "string"}, "encoding": {"type": "string"}, "description": {"type": "string"}}},
+                "WebhookResult": {"type": "object", "required": ["success", "email_id"], "properties": {
+                    "success": {"const": True}, "message": {"type": "string"},
+                    "email_id": {"type": "string"}, "duplicate": {"type": "boolean"},
+                    "spooled": {"type": "boolean"}}},
+                "EmailSummary": {"type": "object", "required": ["id"], "additionalProperties": True,
+                                 "properties": {"id": {"type": "string"}, "snippet": {"type": "string"},
+                                                "received_at": {"type": "string", "format": "date-time"},
+                                                "processed": {"type": "boolean"},
+                                                "attachments": {"type": "array", "items": {"type": "object"}}}},
+            },
+        },
+        "paths": {
+            "/": {"get": {
+                "summary": "Health, with database and spool details", "security": BEARER,
+                "responses": {"200": {"description": "Healthy"}, **_error_responses(*AUTH_ERRORS, 503)}}},
+            "/healthz": {"get": {"summary": "Liveness for systemd and load balancers (no bearer)", "security": [],
+                                 "responses": {"200": {"description": "The process answers"}}}},
+            "/readyz": {"get": {"summary": "Readiness: 503 while MongoDB is unreachable (no bearer)", "security": [],
+                                "responses": {"200": {"description": "Ready"}, **_error_responses(503)}}},
+            "/webhook": {"post": {**WEBHOOK_OPERATION, "security": []}},
+            "/webhook/{secret}": {"post": {
+                **WEBHOOK_OPERATION, "security": [],
+                "summary": "Receive one email from ImprovMX (URL with WEBHOOK_SECRET)",
+                "parameters": [_param("secret", "path", {"type": "string"}, "The WEBHOOK_SECRET value.")]}},
+            "/emails": {"get": {
+                "summary": "List and search messages, newest first", "security": BEARER,
+                "parameters": LIST_PARAMETERS,
+                "responses": {"200": {"description": "A page of summaries (no bodies, no attachment bytes)",
+                                      "content": {"application/json": {"schema": {
+                                          "type": "object", "properties": {
+                                              "success": {"const": True}, "count": {"type": "integer"},
+                                              "total": {"type": "integer"},
+                                              "emails": {"type": "array", "items": {
+                                                  "$ref": "#/components/schemas/EmailSummary"}}}}}}},
+                              **_error_responses(400, *AUTH_ERRORS)}}},
+            "/emails/{email_id}": {
+                "get": {"summary": "One whole message, with part metadata and download URLs", "security": BEARER,
+                        "parameters": [EMAIL_ID],
+                        "responses": {"200": {"description": "The message"}, **_error_responses(*AUTH_ERRORS, 404)}},
+                "patch": {"summary": "Mark a message processed or not", "security": BEARER,
+                          "parameters": [EMAIL_ID],
+                          "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                              "type": "object", "required": ["processed"], "additionalProperties": False,
+                              "properties": {"processed": {"type": "boolean"}}}}}},
+                          "responses": {"200": {"description": "Updated"},
+                                        **_error_responses(400, *AUTH_ERRORS, 404)}},
+            },
+            "/emails/{email_id}/attachment/{name}": {"get": {
+                "summary": "Download an attachment or inline by file name (or an inline's Content-ID)",
+                "security": BEARER,
+                "parameters": [EMAIL_ID, _param("name", "path", {"type": "string"}, "File name or Content-ID.")],
+                "responses": DOWNLOAD_RESPONSES}},
+            "/emails/{email_id}/attachments/{position}": {"get": {
+                "summary": "Download a part by position (attachments first, then inlines; 0-based)",
+                "security": BEARER,
+                "parameters": [EMAIL_ID, _param("position", "path", {"type": "integer", "minimum": 0},
+                                                "0-based position.")],
+                "responses": DOWNLOAD_RESPONSES}},
+            "/docs": {"get": {"summary": "This documentation as a web page", "security": [],
+                              "responses": {"200": {"description": "HTML"}}}},
+            "/openapi.json": {"get": {"summary": "This OpenAPI description", "security": [],
+                                      "responses": {"200": {"description": "OpenAPI 3.1 JSON"}}}},
+        },
+    }

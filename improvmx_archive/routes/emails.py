@@ -1,0 +1,227 @@
+"""The archive API: list and search, one message, its parts, and the processed flag."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+
+from ..errors import ApiError
+from ..ratelimit import configured_limit, limiter
+from ..security import require_api_key
+
+bp = Blueprint("emails", __name__)
+
+MAX_LIMIT = 100
+MAX_SKIP = 10_000_000
+READ_BLOCK = 256 * 1024
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+_MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
+# Shown inline only when a browser cannot run script from it; everything else downloads.
+INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf"}
+INTERNAL_FIELDS = {"idempotency_key", "subject_lower", "to_emails", "recipients", "bodies", "overflow"}
+
+
+def _int_param(name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"'{name}' must be an integer") from None
+    if not minimum <= value <= maximum:
+        raise ApiError(400, f"'{name}' must be between {minimum} and {maximum}")
+    return value
+
+
+def _bool_param(name: str) -> bool | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ApiError(400, f"'{name}' must be true or false")
+
+
+def _date_param(name: str) -> datetime | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.strip().replace(" ", "+"))
+    except ValueError:
+        raise ApiError(400, f"'{name}' must be an ISO 8601 date or date-time, e.g. 2026-01-31T12:00:00Z") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _address_param(name: str) -> str | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    value = raw.strip().lower()
+    if "@" not in value or len(value) > 320:
+        raise ApiError(400, f"'{name}' must be an email address")
+    return value
+
+
+def build_query() -> dict[str, Any]:
+    """The MongoDB filter for the list endpoint's parameters; 400 on any invalid value."""
+    query: dict[str, Any] = {}
+    sender = _address_param("from_email")
+    if sender:
+        query["from_email"] = sender
+    recipient = _address_param("to")
+    if recipient:
+        query["recipients"] = recipient
+    subject = request.args.get("subject")
+    if subject:
+        if len(subject) > 500:
+            raise ApiError(400, "'subject' must be at most 500 characters")
+        query["subject_lower"] = {"$regex": re.escape(subject.lower())}
+    since, until = _date_param("since"), _date_param("until")
+    if since and until and since > until:
+        raise ApiError(400, "'since' must not be after 'until'")
+    if since or until:
+        query["received_at"] = {k: v for k, v in (("$gte", since), ("$lte", until)) if v}
+    for name in ("processed", "has_attachments"):
+        value = _bool_param(name)
+        if value is not None:
+            query[name] = value
+    return query
+
+
+def _iso(value: Any) -> Any:
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return value
+
+
+def _part_view(email_id: str, record: dict[str, Any], position: int) -> dict[str, Any]:
+    view = {k: v for k, v in record.items() if k not in ("blob_id", "index")}
+    view["position"] = position
+    view["url"] = url_for("emails.download_by_position", email_id=email_id, position=position)
+    return view
+
+
+def present(document: dict[str, Any]) -> dict[str, Any]:
+    """A stored document as the API shows it: ids and dates as strings, parts with URLs."""
+    email_id = str(document["_id"])
+    shown = {"id": email_id}
+    for key, value in document.items():
+        if key == "_id" or key in INTERNAL_FIELDS or key in ("attachments", "inlines"):
+            continue
+        shown[key] = _iso(value)
+    attachments = document.get("attachments") or []
+    inlines = document.get("inlines") or []
+    shown["attachments"] = [_part_view(email_id, r, i) for i, r in enumerate(attachments)]
+    shown["inlines"] = [_part_view(email_id, r, len(attachments) + i) for i, r in enumerate(inlines)]
+    return shown
+
+
+@bp.get("/emails")
+@require_api_key
+@limiter.limit(configured_limit("RATELIMIT_LIST"))
+def list_emails():
+    limit = _int_param("limit", 10, 1, MAX_LIMIT)
+    skip = _int_param("skip", 0, 0, MAX_SKIP)
+    query = build_query()
+    page, total = current_app.extensions["archive"].search(query, skip, limit)
+    return jsonify(success=True, count=len(page), total=total, emails=[present(doc) for doc in page])
+
+
+def _found(document):
+    if document is None:
+        raise ApiError(404, "Email not found")
+    return document
+
+
+@bp.get("/emails/<email_id>")
+@require_api_key
+@limiter.limit(configured_limit("RATELIMIT_DETAIL"))
+def get_email(email_id: str):
+    document = _found(current_app.extensions["archive"].find(email_id))
+    return jsonify(success=True, email=present(document))
+
+
+@bp.patch("/emails/<email_id>")
+@require_api_key
+@limiter.limit(configured_limit("RATELIMIT_DETAIL"))
+def update_email(email_id: str):
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or set(body) != {"processed"} or not isinstance(body["processed"], bool):
+        raise ApiError(400, 'Body must be a JSON object {"processed": true} or {"processed": false}')
+    document = _found(current_app.extensions["archive"].set_processed(email_id, body["processed"]))
+    return jsonify(success=True, id=email_id, processed=document["processed"],
+                   processed_at=_iso(document.get("processed_at")))
+
+
+def safe_filename(name: str | None, fallback: str) -> str:
+    """A file name with no path, control characters or leading dots; never empty."""
+    name = unicodedata.normalize("NFC", name or "")
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip().lstrip(".")
+    return name[:200] or fallback
+
+
+def content_disposition(disposition: str, filename: str) -> str:
+    """RFC 6266: an ASCII fallback plus the exact UTF-8 name in filename*."""
+    ascii_name = filename.encode("ascii", "ignore").decode().replace('"', "_").replace("\\", "_").strip()
+    ascii_name = ascii_name or "download"
+    return f"{disposition}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def _stream(grid_out):
+    try:
+        while True:
+            block = grid_out.read(READ_BLOCK)
+            if not block:
+                break
+            yield block
+    finally:
+        grid_out.close()
+
+
+def _download(email_id: str, *, name: str | None = None, position: int | None = None):
+    record, grid_out = current_app.extensions["archive"].part(email_id, name=name, position=position)
+    if record is None:
+        raise ApiError(404, "Attachment not found")
+    if grid_out is None:
+        current_app.logger.error("blob missing for email_id=%s part=%s", email_id, record.get("sha256"))
+        raise ApiError(404, "Attachment content is missing")
+    content_type = str(record.get("type") or "").lower()
+    if not _MIME_TYPE.match(content_type):
+        content_type = "application/octet-stream"
+    disposition = "inline" if content_type in INLINE_TYPES else "attachment"
+    mimetype = content_type
+    if content_type.startswith("text/") and record.get("stored_as") != "base64":
+        mimetype += "; charset=utf-8"
+    filename = safe_filename(record.get("name"), f"attachment-{record.get('index', 0)}")
+    response = Response(_stream(grid_out), mimetype=mimetype, direct_passthrough=True)
+    response.content_length = grid_out.length
+    response.headers["Content-Disposition"] = content_disposition(disposition, filename)
+    response.headers["X-Content-SHA256"] = record.get("sha256", "")
+    return response
+
+
+@bp.get("/emails/<email_id>/attachment/<path:name>")
+@require_api_key
+@limiter.limit(configured_limit("RATELIMIT_DOWNLOAD"))
+def download_by_name(email_id: str, name: str):
+    return _download(email_id, name=name)
+
+
+@bp.get("/emails/<email_id>/attachments/<int:position>")
+@require_api_key
+@limiter.limit(configured_limit("RATELIMIT_DOWNLOAD"))
+def download_by_position(email_id: str, position: int):
+    return _download(email_id, position=position)
+

@@ -1,0 +1,47 @@
+"""Health: `/` for the owner (bearer, with details), `/healthz` and `/readyz` for systemd and
+load balancers (no bearer, no details, no rate limit)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from flask import Blueprint, current_app, jsonify
+
+from ..db import ping
+from ..ratelimit import configured_limit, limiter
+from ..security import require_api_key
+
+bp = Blueprint("health", __name__)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@bp.get("/")
+@require_api_key
+@limiter.limit(configured_limit("RATELIMIT_HEALTH"))
+def health():
+    healthy = ping(current_app.extensions["mongo_client"])
+    body = {
+        "status": "healthy" if healthy else "unhealthy",
+        "service": "ImprovMX Webhook",
+        "timestamp": _now(),
+        "database": "reachable" if healthy else "unreachable",
+        "spool": current_app.extensions["spool"].status(),
+    }
+    return jsonify(body), 200 if healthy else 503
+
+
+@bp.get("/healthz")
+@limiter.exempt
+def liveness():
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+@limiter.exempt
+def readiness():
+    if ping(current_app.extensions["mongo_client"]):
+        return jsonify(status="ready")
+    return jsonify(status="unavailable"), 503

@@ -1,0 +1,81 @@
+"""POST /webhook: ImprovMX delivers one email per request; answer 2xx only once it is kept.
+
+Strict only where nothing could be stored (no body, not JSON, not an object); every other
+shape is archived, because ImprovMX drops a message for good after three refusals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Blueprint, current_app, jsonify, request
+from flask_limiter import ExemptionScope
+
+from ..archive import RecipientNotAccepted
+from ..db import DatabaseUnavailable
+from ..spool import SpoolUnavailable
+from ..errors import ApiError
+from ..ratelimit import configured_limit, limiter
+from ..security import check_webhook_access, source_is_trusted_sender
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("webhook", __name__)
+
+
+def read_payload() -> dict:
+    """The request body as a JSON object, or a 400 saying exactly what is wrong."""
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        raise ApiError(400, "Request body is empty; expected the ImprovMX JSON payload")
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        raise ApiError(400, "Request body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, "Request body must be a JSON object")
+    if not payload:
+        raise ApiError(400, "Request body is an empty JSON object")
+    return payload
+
+
+@bp.post("/webhook")
+@bp.post("/webhook/<secret>")
+@limiter.exempt(flags=ExemptionScope.APPLICATION)
+@limiter.limit(configured_limit("RATELIMIT_WEBHOOK"), exempt_when=source_is_trusted_sender)
+def receive(secret: str | None = None):
+    check_webhook_access(secret)
+    payload = read_payload()
+    archive = current_app.extensions["archive"]
+    settings = current_app.config["SETTINGS"]
+    try:
+        result = archive.ingest(payload, domains=settings.domains)
+    except RecipientNotAccepted:
+        raise ApiError(422, "No recipient is in a domain this archive accepts (DOMINIO)") from None
+    except DatabaseUnavailable:
+        return _spool(payload)
+    del payload
+    if result.duplicate:
+        log.info("duplicate delivery email_id=%s", result.email_id)
+    return jsonify(
+        success=True,
+        message="Email already stored" if result.duplicate else "Email received and stored",
+        email_id=result.email_id,
+        duplicate=result.duplicate,
+    )
+
+
+def _spool(payload: dict):
+    """MongoDB cannot take the write: keep the message on local disk and answer 202, or
+    answer 503 so ImprovMX retries when neither can take it."""
+    try:
+        email_id = current_app.extensions["spool"].put(payload)
+    except SpoolUnavailable:
+        log.error("database and spool both unavailable; asking ImprovMX to retry")
+        raise ApiError(503, "Storage temporarily unavailable; retry later", {"Retry-After": "60"}) from None
+    log.warning("database unavailable; spooled email_id=%s", email_id)
+    response = jsonify(success=True, message="Email accepted; it will be archived when the database is back",
+                       email_id=str(email_id), duplicate=False, spooled=True)
+    response.status_code = 202
+    return response

@@ -1,0 +1,173 @@
+"""Who may call what: bearer keys, brute-force lockout, the webhook guard, response headers.
+
+Lockout state lives in MongoDB (expired by TTL indexes) so every worker and every app host
+behind a load balancer sees the same failures and blocks. The client IP is whatever
+werkzeug's ProxyFix derived from the trusted proxies, never a header the client chose.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import ipaddress
+import logging
+import math
+from datetime import datetime, timedelta, timezone
+
+from flask import Flask, current_app, request
+from pymongo.errors import PyMongoError
+
+from .errors import ApiError
+
+log = logging.getLogger(__name__)
+
+LOCKED_OUT_MESSAGE = "Too many failed attempts. Please try again later."
+
+
+def client_ip() -> str:
+    return request.remote_addr or "unknown"
+
+
+class Lockout:
+    """Blocks an IP after `max_failures` bad credentials within `window`, for `block`."""
+
+    def __init__(self, database, max_failures: int = 5, window: timedelta = timedelta(minutes=5),
+                 block: timedelta = timedelta(minutes=15)):
+        self.failures = database.auth_failures
+        self.blocks = database.auth_blocks
+        self.max_failures = max_failures
+        self.window = window
+        self.block = block
+
+    def blocked_until(self, ip: str) -> datetime | None:
+        """When the block on ip ends, or None. Compared here, not left to TTL timing."""
+        now = datetime.now(timezone.utc)
+        found = self.blocks.find_one({"_id": ip, "until": {"$gt": now}})
+        return _aware(found["until"]) if found else None
+
+    def record_failure(self, ip: str) -> datetime | None:
+        """Count one failure; returns the block's end when this failure starts a block."""
+        now = datetime.now(timezone.utc)
+        self.failures.insert_one({"ip": ip, "at": now})
+        recent = self.failures.count_documents({"ip": ip, "at": {"$gt": now - self.window}})
+        if recent < self.max_failures:
+            return None
+        until = now + self.block
+        self.blocks.update_one({"_id": ip}, {"$max": {"until": until}}, upsert=True)
+        log.warning("blocked ip=%s after %d failed attempts until=%s", ip, recent, until.isoformat())
+        return until
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _retry_after(until: datetime) -> dict[str, str]:
+    seconds = max(1, math.ceil((until - datetime.now(timezone.utc)).total_seconds()))
+    return {"Retry-After": str(seconds)}
+
+
+def key_matches(presented: str, keys: tuple[str, ...]) -> bool:
+    """Constant-time comparison against every configured key (no early exit)."""
+    presented_bytes = presented.encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented_bytes, key.encode())
+    return matched
+
+
+def _check_api_key() -> None:
+    settings = current_app.config["SETTINGS"]
+    lockout: Lockout = current_app.extensions["lockout"]
+    ip = client_ip()
+    try:
+        until = lockout.blocked_until(ip)
+        if until:
+            log.warning("refused blocked ip=%s path=%s", ip, request.path)
+            raise ApiError(429, LOCKED_OUT_MESSAGE, _retry_after(until))
+
+        header = request.headers.get("Authorization")
+        if header is None:
+            raise ApiError(401, "Missing Authorization header; send 'Authorization: Bearer <API key>'",
+                           {"WWW-Authenticate": 'Bearer realm="improvmx-webhook"'})
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            reason = (401, "Malformed Authorization header; expected 'Bearer <API key>'")
+        elif not key_matches(token, settings.api_keys):
+            reason = (403, "Invalid API key")
+        else:
+            return
+        log.warning("failed authentication ip=%s path=%s reason=%s", ip, request.path,
+                    "malformed" if reason[0] == 401 else "wrong key")
+        until = lockout.record_failure(ip)
+        headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if reason[0] == 401 else {}
+        if until:
+            headers.update(_retry_after(until))
+        raise ApiError(*reason, headers)
+    except PyMongoError:
+        log.error("authentication state unavailable (MongoDB) ip=%s", ip)
+        raise ApiError(503, "Service temporarily unavailable", {"Retry-After": "30"}) from None
+
+
+def require_api_key(view):
+    """Decorator for protected endpoints: 429 while blocked, 401 malformed, 403 wrong key."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        _check_api_key()
+        return view(*args, **kwargs)
+
+    wrapper.requires_api_key = True
+    return wrapper
+
+
+def source_is_allowed() -> bool:
+    networks = current_app.config["SETTINGS"].webhook_allowed_networks
+    if not networks:
+        return True
+    try:
+        address = ipaddress.ip_address(client_ip())
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
+def source_is_trusted_sender() -> bool:
+    """True when an allowlist is configured and the caller is on it (ImprovMX itself)."""
+    settings = current_app.config["SETTINGS"]
+    return bool(settings.webhook_allowed_networks) and source_is_allowed()
+
+
+def check_webhook_access(secret: str | None) -> None:
+    """404 unless the path carries the configured secret; 403 for sources off the allowlist."""
+    configured = current_app.config["SETTINGS"].webhook_secret
+    if configured:
+        if secret is None or not hmac.compare_digest(secret.encode(), configured.encode()):
+            raise ApiError(404)
+    elif secret is not None:
+        raise ApiError(404)
+    if not source_is_allowed():
+        log.warning("webhook refused from ip=%s (not in WEBHOOK_ALLOWED_IPS)", client_ip())
+        raise ApiError(403, "Source address not allowed")
+
+
+CSP_API = "default-src 'none'; frame-ancestors 'none'; sandbox"
+CSP_DOCS = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+
+
+def _security_headers(response):
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+    html = response.mimetype == "text/html" and "Content-Disposition" not in headers
+    headers.setdefault("Content-Security-Policy", CSP_DOCS if html else CSP_API)
+    headers.setdefault("Cache-Control", "no-store")
+    headers.pop("Server", None)
+    return response
+
+
+def register_security(app: Flask) -> None:
+    app.after_request(_security_headers)

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run the whole test suite: unit tests on mongomock, integration tests over real sockets
+# (SecantusDB, gunicorn with several workers, Caddy). Extra arguments go to pytest.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+"$ROOT/scripts/bootstrap.sh"
+
+missing=()
+command -v caddy >/dev/null || missing+=(caddy)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+if ((${#missing[@]})); then
+    echo "==> installing Debian packages: ${missing[*]}"
+    sudo_cmd=()
+    [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}"
+fi
+
+exec "$ROOT/.venv/bin/python" -m pytest "$@"
