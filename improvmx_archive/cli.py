@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from .db import create_indexes, ping
 from .sample import payload_from_mime, sample_mime
@@ -21,6 +21,7 @@ EXIT_DATABASE_UNREACHABLE = 3
 
 
 @click.command("check")
+@with_appcontext
 def check_command():
     """Configuration valid (it loaded) and MongoDB reachable; exit 0, or 3 if MongoDB is not."""
     settings = current_app.config["SETTINGS"]
@@ -33,6 +34,7 @@ def check_command():
 
 
 @click.command("create-indexes")
+@with_appcontext
 def create_indexes_command():
     """Create every index the app relies on (idempotent; also done at start-up)."""
     create_indexes(current_app.extensions["database"])
@@ -60,6 +62,7 @@ def send_sample_command(url: str, recipient: str):
 
 
 @click.command("gc-blobs")
+@with_appcontext
 @click.option("--grace-minutes", default=60, show_default=True, type=click.IntRange(min=1),
               help="Keep unreferenced blobs younger than this (an ingest may be in flight).")
 def gc_blobs_command(grace_minutes: int):

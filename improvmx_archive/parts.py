@@ -114,6 +114,7 @@ class BlobStore:
             database, bucket_name, chunk_size_bytes=CHUNK_BYTES, write_concern=write_concern
         )
         self.files = database[f"{bucket_name}.files"]
+        self.chunks = database[f"{bucket_name}.chunks"]
 
     def find(self, sha256: str, size: int) -> ObjectId | None:
         found = self.files.find_one({"metadata.sha256": sha256, "length": size}, {"_id": 1})
@@ -145,7 +146,6 @@ class BlobStore:
             return None
 
     def delete(self, blob_id: ObjectId) -> None:
-        try:
-            self.bucket.delete(blob_id)
-        except NoFile:
-            pass
+        """File entry first, then chunks (GridFS's own order): a half-deleted blob is invisible."""
+        self.files.delete_one({"_id": blob_id})
+        self.chunks.delete_many({"files_id": blob_id})

@@ -61,13 +61,14 @@ def parse_address_list(value: Any) -> tuple[list[dict], bool]:
     items = value if isinstance(value, list) else [value]
     found, understood = [], True
     for item in items:
-        address = parse_address(item)
-        if address:
-            found.append(address)
-        elif isinstance(item, str):
+        if isinstance(item, str):
             more, ok = parse_address_list(item)
             found.extend(more)
             understood = understood and ok
+            continue
+        address = parse_address(item)
+        if address:
+            found.append(address)
         else:
             understood = False
     return found, understood

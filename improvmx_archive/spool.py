@@ -9,6 +9,7 @@ parsed is moved to corrupt/ with an error logged, never dropped.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -70,7 +71,8 @@ class Spool:
             _fsync_directory(self.directory)
         except OSError as error:
             log.error("spool write failed: %s", error.strerror or type(error).__name__)
-            temporary.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
             raise SpoolUnavailable() from None
         return email_id
 

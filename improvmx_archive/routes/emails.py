@@ -205,7 +205,7 @@ def _download(email_id: str, *, name: str | None = None, position: int | None = 
     if content_type.startswith("text/") and record.get("stored_as") != "base64":
         mimetype += "; charset=utf-8"
     filename = safe_filename(record.get("name"), f"attachment-{record.get('index', 0)}")
-    response = Response(_stream(grid_out), mimetype=mimetype, direct_passthrough=True)
+    response = Response(_stream(grid_out), content_type=mimetype, direct_passthrough=True)
     response.content_length = grid_out.length
     response.headers["Content-Disposition"] = content_disposition(disposition, filename)
     response.headers["X-Content-SHA256"] = record.get("sha256", "")
