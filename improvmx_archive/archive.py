@@ -17,12 +17,12 @@ import bson
 from bson import ObjectId
 from pymongo import DESCENDING, ReturnDocument
 from pymongo.errors import (
-    AutoReconnect,
     ConnectionFailure,
     DuplicateKeyError,
     ExecutionTimeout,
-    NotPrimaryError,
-    ServerSelectionTimeoutError,
+    OperationFailure,
+    ProtocolError,
+    PyMongoError,
     WriteConcernError,
 )
 
@@ -33,17 +33,39 @@ from .payload import Message, Part, accepts_domains, escape_keys, idempotency_ke
 log = logging.getLogger(__name__)
 
 # Errors that mean "MongoDB cannot take this write now", as opposed to a bug or bad data.
-UNAVAILABLE_ERRORS = (
-    AutoReconnect, ConnectionFailure, ServerSelectionTimeoutError, NotPrimaryError,
-    ExecutionTimeout, WriteConcernError,
-)
+# ConnectionFailure covers AutoReconnect, NetworkTimeout, NotPrimaryError, server selection
+# and pool timeouts; WriteConcernError covers WTimeoutError.
+UNAVAILABLE_ERRORS = (ConnectionFailure, ProtocolError, ExecutionTimeout, WriteConcernError)
+# Server error codes and labels of the retryable-writes spec: shutting down, stepping down,
+# unreachable, overloaded. They reach us as a plain OperationFailure or WriteError (GridFS
+# turns a failed chunk insert_many into one) once pymongo's own single retry has failed.
+TRANSIENT_CODES = frozenset({6, 7, 89, 91, 134, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436})
+TRANSIENT_LABELS = ("RetryableWriteError", "RetryableError", "SystemOverloadedError")
 BODY_INLINE_LIMIT = 1024 * 1024  # larger text/html bodies go to GridFS
 DOCUMENT_LIMIT = 15 * 1024 * 1024  # stay clear of MongoDB's 16 MB document cap
 SUMMARY_EXCLUDE = {"text": 0, "html": 0, "headers": 0, "overflow": 0, "bodies": 0}
 
 
+def _database_unavailable(error: PyMongoError) -> bool:
+    if isinstance(error, UNAVAILABLE_ERRORS):
+        return True
+    return isinstance(error, OperationFailure) and (
+        error.code in TRANSIENT_CODES or any(error.has_error_label(label) for label in TRANSIENT_LABELS)
+    )
+
+
 class RecipientNotAccepted(Exception):
     """No recipient of the message is in a domain this archive listens for (DOMINIO)."""
+
+
+def index_hint(query: dict[str, Any]) -> str | None:
+    """Subject searches name their index: a regex next to the trigram condition makes some
+    planners (SecantusDB's) fall back to a collection scan."""
+    if "subject_trigrams" in query:
+        return "by_subject_trigram"
+    if "subject_lower" in query:
+        return "newest_first"
+    return None
 
 
 @dataclass
@@ -93,7 +115,9 @@ class Archive:
             raise RecipientNotAccepted()
         try:
             return self._ingest(message, email_id or ObjectId())
-        except UNAVAILABLE_ERRORS as error:
+        except PyMongoError as error:
+            if not _database_unavailable(error):
+                raise
             raise DatabaseUnavailable(type(error).__name__) from error
 
     def _ingest(self, message: Message, email_id: ObjectId) -> IngestResult:
@@ -186,16 +210,24 @@ class Archive:
         stream = self.blobs.open(blob_id)
         return stream.read().decode("utf-8", "surrogatepass") if stream else None
 
-    def search(self, query: dict[str, Any], skip: int, limit: int) -> tuple[list[dict], int]:
-        """A page of summaries, newest first, and the total number matching."""
+    def page_cursor(self, query: dict[str, Any], skip: int, limit: int):
+        """Summaries matching query, newest first, through the index index_hint picks."""
         cursor = (
             self.emails.find(query, SUMMARY_EXCLUDE)
             .sort([("received_at", DESCENDING), ("_id", DESCENDING)])
             .skip(skip)
             .limit(limit)
         )
-        page = [unescape_keys(doc) for doc in cursor]
-        total = self.emails.count_documents(query) if query else self.emails.estimated_document_count()
+        hint = index_hint(query)
+        return cursor.hint(hint) if hint else cursor
+
+    def search(self, query: dict[str, Any], skip: int, limit: int) -> tuple[list[dict], int]:
+        """A page of summaries, newest first, and the total number matching."""
+        page = [unescape_keys(doc) for doc in self.page_cursor(query, skip, limit)]
+        if not query:
+            return page, self.emails.estimated_document_count()
+        hint = index_hint(query)
+        total = self.emails.count_documents(query, hint=hint) if hint else self.emails.count_documents(query)
         return page, total
 
     def set_processed(self, email_id: str, processed: bool) -> dict[str, Any] | None:

@@ -27,7 +27,7 @@ EMAIL_INDEXES = [
     IndexModel([("recipients", ASCENDING), ("received_at", DESCENDING)], name="by_recipient"),
     IndexModel([("processed", ASCENDING), ("received_at", DESCENDING)], name="by_processed"),
     IndexModel([("has_attachments", ASCENDING), ("received_at", DESCENDING)], name="by_attachments"),
-    IndexModel([("subject_lower", ASCENDING)], name="by_subject"),
+    IndexModel([("subject_trigrams", ASCENDING)], name="by_subject_trigram"),
     # Let gc_blobs find whether anything still references a blob without a collection scan.
     IndexModel([("attachments.blob_id", ASCENDING)], name="attachment_blobs"),
     IndexModel([("inlines.blob_id", ASCENDING)], name="inline_blobs"),

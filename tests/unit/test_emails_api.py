@@ -205,3 +205,14 @@ def test_unknown_path_and_wrong_method_are_json(client, auth):
     assert wrong.status_code == 405
     assert wrong.get_json() == {"success": False, "error": "Method not allowed"}
     assert "GET" in wrong.headers["Allow"]
+
+
+def test_subject_search_finds_very_long_subjects(client, auth):
+    import random
+    words = ["".join(random.Random(i).choice("abcdefghijklmnopqrstuvwxyz") for _ in range(8)) for i in range(600)]
+    subject = " ".join(words) + " needle-phrase"
+    email_id = client.post("/webhook", json={"subject": subject, "text": "x"}).get_json()["email_id"]
+    client.post("/webhook", json={"subject": "short and unrelated", "text": "y"})
+    found = _list(client, auth, "?subject=NEEDLE-phrase")["emails"]
+    assert [e["id"] for e in found] == [email_id]
+    assert [e["id"] for e in _list(client, auth, "?subject=ne")["emails"]] == [email_id]
