@@ -167,11 +167,21 @@ def test_domain_filter_refuses_foreign_recipients(make_app, sample_payload):
     assert via_delivered_to.status_code == 200
 
 
-def test_outage_spools_and_answers_202(app, client, sample_payload, monkeypatch):
-    def unavailable(*args, **kwargs):
-        raise DatabaseUnavailable("ServerSelectionTimeoutError")
+@pytest.fixture
+def ingest_raises(app, monkeypatch):
+    """Make every ingest raise the given exception, as a failing database would."""
 
-    monkeypatch.setattr(app.extensions["archive"], "_ingest", unavailable)
+    def arrange(error: Exception):
+        def fail(*args, **kwargs):
+            raise error
+
+        monkeypatch.setattr(app.extensions["archive"], "_ingest", fail)
+
+    return arrange
+
+
+def test_outage_spools_and_answers_202(app, client, sample_payload, ingest_raises):
+    ingest_raises(DatabaseUnavailable("ServerSelectionTimeoutError"))
     response = _post(client, sample_payload)
     assert response.status_code == 202
     body = response.get_json()
@@ -180,11 +190,9 @@ def test_outage_spools_and_answers_202(app, client, sample_payload, monkeypatch)
     assert json.loads(spooled.read_text()) == sample_payload
 
 
-def test_outage_with_unwritable_spool_answers_503(app, client, sample_payload, monkeypatch, tmp_path):
-    def unavailable(*args, **kwargs):
-        raise DatabaseUnavailable("ServerSelectionTimeoutError")
-
-    monkeypatch.setattr(app.extensions["archive"], "_ingest", unavailable)
+def test_outage_with_unwritable_spool_answers_503(app, client, sample_payload, ingest_raises, monkeypatch,
+                                                  tmp_path):
+    ingest_raises(DatabaseUnavailable("ServerSelectionTimeoutError"))
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
     monkeypatch.setattr(app.extensions["spool"], "directory", blocker / "spool")
@@ -202,11 +210,8 @@ def test_oversize_body_is_413_json(make_app):
     assert response.get_json() == {"success": False, "error": "Request body too large"}
 
 
-def test_unexpected_error_is_a_json_500_without_internals(app, client, sample_payload, monkeypatch):
-    def broken(*args, **kwargs):
-        raise RuntimeError("secret internal detail mongodb://user:pass@host")
-
-    monkeypatch.setattr(app.extensions["archive"], "_ingest", broken)
+def test_unexpected_error_is_a_json_500_without_internals(client, sample_payload, ingest_raises):
+    ingest_raises(RuntimeError("secret internal detail mongodb://user:pass@host"))
     response = _post(client, sample_payload)
     assert response.status_code == 500
     assert response.get_json() == {"success": False, "error": "Internal server error"}
