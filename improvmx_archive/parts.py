@@ -19,7 +19,7 @@ from gridfs import GridFSBucket, NoFile
 
 from .payload import Part
 
-SLICE_CHARS = 4 * 1024 * 1024  # base64 characters decoded at a time
+SLICE_CHARS = 1024 * 1024  # base64 characters decoded at a time: a few MB of working memory
 CHUNK_BYTES = 1024 * 1024 - 1024  # GridFS chunk size: few round trips, well under 16 MB
 _WHITESPACE = re.compile(r"[\s]+")
 

@@ -23,16 +23,49 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("webhook", __name__)
 
+READ_BLOCK = 1024 * 1024
+
+
+def _read_body() -> bytearray:
+    """The raw body in one buffer, filled in place: werkzeug's get_data() would hold the
+    ~70 MB body twice while joining the pieces it read."""
+    stream, length = request.stream, request.content_length
+    if length is None:
+        body = bytearray()
+        while block := stream.read(READ_BLOCK):
+            body += block
+        return body
+    body = bytearray(length)
+    filled = 0
+    with memoryview(body) as view:
+        while filled < length:
+            count = stream.readinto(view[filled:filled + READ_BLOCK])
+            if not count:
+                break
+            filled += count
+    del body[filled:]
+    return body
+
 
 def read_payload() -> dict:
-    """The request body as a JSON object, or a 400 saying exactly what is wrong."""
-    raw = request.get_data(cache=False)
-    if not raw.strip():
+    """The request body as a JSON object, or a 400 saying exactly what is wrong.
+
+    The raw bytes are dropped as soon as they are decoded, so at most two copies of a large
+    payload exist at any moment.
+    """
+    body = _read_body()
+    if not body or body.isspace():
         raise ApiError(400, "Request body is empty; expected the ImprovMX JSON payload")
     try:
-        payload = json.loads(raw)
+        text = body.decode(json.detect_encoding(body), "surrogatepass")
+    except UnicodeDecodeError:
+        raise ApiError(400, "Request body is not valid JSON") from None
+    del body
+    try:
+        payload = json.loads(text)
     except ValueError:
         raise ApiError(400, "Request body is not valid JSON") from None
+    del text
     if not isinstance(payload, dict):
         raise ApiError(400, "Request body must be a JSON object")
     if not payload:
