@@ -9,12 +9,13 @@ applies after this file.
 import logging
 import os
 import re
+import signal
 
 from gunicorn import glogging
 
 # Loopback only by default: Caddy on the same host is the only client. On a scaled-out app
-# host, GUNICORN_BIND names the private address Caddy dials (comma-separate several binds)
-# and gunicorn's FORWARDED_ALLOW_IPS must then name Caddy's address.
+# host GUNICORN_BIND adds the private address Caddy dials (comma-separated binds, e.g.
+# "127.0.0.1:42010,10.0.0.11:42010").
 bind = [addr.strip() for addr in os.environ.get("GUNICORN_BIND", "127.0.0.1:42010").split(",") if addr.strip()]
 
 
@@ -57,6 +58,27 @@ max_requests_jitter = 200
 
 proc_name = "improvmx-webhook"
 
+# gunicorn loses a stop signal (TERM, INT, QUIT) that reaches a worker between its fork and
+# the moment the worker installs its own handlers: the worker then runs on until
+# graceful_timeout, so a stop or restart soon after a start or reload hangs for two minutes.
+# Keep those signals blocked from just before the fork until the worker is initialised; a
+# signal sent meanwhile waits and is handled then.
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
+
+
+def pre_fork(server, worker) -> None:
+    """In the master, just before it forks a worker."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+
+
+def post_worker_init(worker) -> None:
+    """In the worker, once its own signal handlers are in place."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+# And in the master right after the fork.
+os.register_at_fork(after_in_parent=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS))
+
 # systemd manages the process (signals HUP/TERM/TTIN/TTOU); gunicorn's control socket would
 # otherwise be created under the service user's $HOME, which the unit makes inaccessible.
 control_socket_disable = True
@@ -69,7 +91,8 @@ errorlog = "-"
 # as Caddy sent it and rid= ties the line to the app's own request log.
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms xff="%({x-forwarded-for}i)s" rid=%({x-request-id}o)s "%(a)s"'
 
-_SECRET_IN_PATH = re.compile(r"(/webhook/)[^/?#\s\"]+")
+# The segment after /webhook/: the characters RFC 3986 allows in a path segment.
+_SECRET_IN_PATH = re.compile(r"(/webhook/)[A-Za-z0-9._~%!$&'()*+,;=:@-]+")
 # Request headers and environ keys whose values are credentials; dropped from the log atoms
 # so not even a custom access_log_format can print them.
 _CREDENTIAL_ATOMS = ("{authorization}i", "{http_authorization}e", "{proxy-authorization}i",

@@ -163,3 +163,41 @@ def gunicorn_serving(app_spec: str, env: dict[str, str], log_path: Path, port: i
         app_spec,
     ]
     return ManagedProcess(name=f"gunicorn {app_spec}", argv=argv, port=port, log_path=log_path, env=env)
+
+
+def caddy(work_dir: Path, upstreams: list[str], port: int | None = None,
+          env: dict[str, str] | None = None) -> ManagedProcess:
+    """The real Caddy (Debian package) running the shipped Caddyfile as plain HTTP on loopback.
+
+    Only global options are added, through a wrapper that imports the shipped file: no admin
+    endpoint, loopback-only listeners and state in work_dir, so tests and benchmarks neither
+    collide with a system Caddy nor reach for certificates. (not started)
+    """
+    binary = shutil.which("caddy")
+    if not binary:
+        raise FileNotFoundError("caddy is not installed (apt-get install caddy)")
+    port = port or free_port()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = work_dir / "Caddyfile.test"
+    wrapper.write_text(
+        "{\n"
+        "\tadmin off\n"
+        "\tdefault_bind 127.0.0.1\n"
+        f"\tstorage file_system {work_dir / 'data'}\n"
+        "}\n"
+        f"import {REPO_ROOT / 'Caddyfile'}\n"
+    )
+    return ManagedProcess(
+        name="caddy",
+        argv=[binary, "run", "--config", str(wrapper), "--adapter", "caddyfile"],
+        port=port,
+        log_path=work_dir / "caddy.log",
+        env={
+            "HOME": str(work_dir),
+            "XDG_CONFIG_HOME": str(work_dir / "config"),
+            "XDG_DATA_HOME": str(work_dir / "data"),
+            "IMPROVMX_DOMAIN": f"http://127.0.0.1:{port}",
+            "IMPROVMX_UPSTREAMS": " ".join(upstreams),
+            **(env or {}),
+        },
+    )
