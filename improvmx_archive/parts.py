@@ -8,19 +8,23 @@ Content that claims base64 but does not decode is stored exactly as received and
 from __future__ import annotations
 
 import binascii
+import contextlib
 import hashlib
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Iterator
 
-from bson import ObjectId
+from bson import Binary, ObjectId
 from gridfs import GridFSBucket, NoFile
+from pymongo.errors import BulkWriteError, PyMongoError, WriteConcernError
 
 from .payload import Part
 
 SLICE_CHARS = 1024 * 1024  # base64 characters decoded at a time: a few MB of working memory
 CHUNK_BYTES = 1024 * 1024 - 1024  # GridFS chunk size: few round trips, well under 16 MB
+UPLOAD_BATCH_CHUNKS = 4  # chunks sent per insert: bounds upload memory to a few MB
 _WHITESPACE = re.compile(r"[\s]+")
 
 MODE_BASE64 = "base64"
@@ -110,33 +114,60 @@ class BlobStore:
     """Content-addressed GridFS storage: one file per distinct SHA-256."""
 
     def __init__(self, database, bucket_name: str = "blobs", write_concern=None):
-        self.bucket = GridFSBucket(
-            database, bucket_name, chunk_size_bytes=CHUNK_BYTES, write_concern=write_concern
-        )
-        self.files = database[f"{bucket_name}.files"]
-        self.chunks = database[f"{bucket_name}.chunks"]
+        self.bucket = GridFSBucket(database, bucket_name)
+        self.files = database.get_collection(f"{bucket_name}.files", write_concern=write_concern)
+        self.chunks = database.get_collection(f"{bucket_name}.chunks", write_concern=write_concern)
 
     def find(self, sha256: str, size: int) -> ObjectId | None:
         found = self.files.find_one({"metadata.sha256": sha256, "length": size}, {"_id": 1})
         return found["_id"] if found else None
 
     def put(self, slices: Iterator[bytes], sha256: str, size: int, content_type: str) -> ObjectId:
-        """Store bytes unless an identical blob exists; GridFS writes the file entry last,
-        so a blob that can be found is always complete."""
+        """Store bytes unless an identical blob exists, in GridFS's layout.
+
+        Chunks are written a few at a time and the file entry last, so a blob that can be
+        found is always complete. (pymongo's GridIn buffers up to 48 MB of chunk documents
+        and encodes them again to send: twice a large attachment's size in memory.)
+        """
         existing = self.find(sha256, size)
         if existing is not None:
             return existing
-        stream = self.bucket.open_upload_stream(
-            sha256, metadata={"sha256": sha256, "contentType": content_type}
-        )
+        blob_id = ObjectId()
         try:
-            for chunk in slices:
-                stream.write(chunk)
-        except BaseException:
-            stream.abort()
+            length = self._write_chunks(blob_id, slices)
+            self.files.insert_one({
+                "_id": blob_id, "length": length, "chunkSize": CHUNK_BYTES,
+                "uploadDate": datetime.now(timezone.utc), "filename": sha256,
+                "metadata": {"sha256": sha256, "contentType": content_type},
+            })
+        except BaseException as error:
+            with contextlib.suppress(PyMongoError):
+                self.chunks.delete_many({"files_id": blob_id})
+            if isinstance(error, BulkWriteError) and not error.details.get("writeErrors"):
+                # Only the write concern failed, as GridIn reports it: MongoDB is unavailable.
+                raise WriteConcernError("chunk batch not acknowledged", 64, error.details) from error
             raise
-        stream.close()
-        return stream._id
+        return blob_id
+
+    def _write_chunks(self, blob_id: ObjectId, slices: Iterator[bytes]) -> int:
+        pending = bytearray()
+        batch: list[dict[str, Any]] = []
+        number = length = 0
+        for piece in slices:
+            pending += piece
+            length += len(piece)
+            while len(pending) >= CHUNK_BYTES:
+                batch.append({"files_id": blob_id, "n": number, "data": Binary(bytes(pending[:CHUNK_BYTES]))})
+                del pending[:CHUNK_BYTES]
+                number += 1
+                if len(batch) >= UPLOAD_BATCH_CHUNKS:
+                    self.chunks.insert_many(batch)
+                    batch = []
+        if pending:
+            batch.append({"files_id": blob_id, "n": number, "data": Binary(bytes(pending))})
+        if batch:
+            self.chunks.insert_many(batch)
+        return length
 
     def open(self, blob_id: ObjectId):
         """A readable GridFS stream, or None when the blob is gone."""
