@@ -85,7 +85,7 @@ def _part_record(part: Part, decoded: Decoded, blob_id: ObjectId) -> dict[str, A
         "blob_id": blob_id,
         "stored_as": decoded.mode,
     }
-    for key, value in part.raw.items():
+    for key, value in escape_keys(part.raw).items():
         if key not in ("content", "name", "type") and key not in record:
             record[key] = value
     if decoded.flags:

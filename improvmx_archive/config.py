@@ -109,6 +109,18 @@ def _spool_dir(env: dict[str, str]) -> Path:
     return Path("spool")
 
 
+def _background_tasks(env: dict[str, str]) -> str:
+    """BACKGROUND_TASKS: auto (in gunicorn workers only, not in flask commands or tests),
+    true or false."""
+    raw = env.get("BACKGROUND_TASKS", "").strip().lower()
+    if raw in {"", "auto"}:
+        return "auto"
+    try:
+        return "on" if _flag(env, "BACKGROUND_TASKS", True) else "off"
+    except ConfigError:
+        raise ConfigError(f"BACKGROUND_TASKS must be auto, true or false, not {raw!r}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the app reads from its environment, already validated."""
@@ -128,6 +140,8 @@ class Settings:
     limits: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     spool_dir: Path = Path("spool")
     spool_replay_interval: float = 30.0
+    background_tasks: str = "auto"  # "auto": only in gunicorn workers; "on"; "off"
+    blob_gc_interval: float = 6 * 3600.0  # seconds; 0 turns periodic orphan collection off
     log_level: str = "INFO"
 
     @classmethod
@@ -147,6 +161,9 @@ class Settings:
         mongo_uri = _mongo_uri(env)
         ratelimit_enabled = _flag(env, "RATELIMIT_ENABLED", True)
         storage_uri = env.get("RATELIMIT_STORAGE_URI", "").strip() or mongo_uri
+        if not storage_uri.startswith(("mongodb://", "mongodb+srv://", "memory://")):
+            raise ConfigError("RATELIMIT_STORAGE_URI must be a mongodb:// URI (shared by every worker) "
+                              "or memory:// (one count per process: tests only)")
         cors_origins = tuple(_csv(env.get("CORS_ORIGINS")))
         if "*" in cors_origins:
             raise ConfigError("CORS_ORIGINS must list origins explicitly; '*' is refused")
@@ -173,5 +190,7 @@ class Settings:
             limits={name: _limit(env, name) for name in DEFAULT_LIMITS},
             spool_dir=_spool_dir(env),
             spool_replay_interval=_number(env, "SPOOL_REPLAY_INTERVAL", 30, 1),
+            background_tasks=_background_tasks(env),
+            blob_gc_interval=_number(env, "BLOB_GC_INTERVAL", 6 * 3600, 0),
             log_level=log_level,
         )

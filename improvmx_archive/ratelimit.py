@@ -2,30 +2,60 @@
 
 The moving-window strategy counts the last N seconds exactly (no burst at a window edge).
 Production keeps the windows in MongoDB next to the mail (or wherever
-RATELIMIT_STORAGE_URI points, e.g. Redis); tests use memory://. While the storage is
-unreachable, limits fall back to per-process memory rather than refusing mail.
+RATELIMIT_STORAGE_URI points); tests use memory://. While the storage is unreachable,
+limits fall back to per-process memory rather than refusing mail.
+
+One module-level limiter serves every app built in the process (tests build many), so the
+per-app values (the global limit, the on/off switch) are read from the app's settings at
+request time rather than fixed by whichever app called init_app first.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 
-from flask import Flask, current_app
+from flask import Flask, current_app, request
 from flask_limiter import Limiter, RateLimitExceeded
+from pymongo.errors import PyMongoError
 
 from .config import Settings
 from .errors import error_response
-from .security import client_ip, source_is_trusted_sender
+from .security import client_ip
 
 log = logging.getLogger(__name__)
-
-limiter = Limiter(key_func=client_ip, strategy="moving-window", headers_enabled=True,
-                  swallow_errors=True, in_memory_fallback_enabled=True)
 
 
 def configured_limit(name: str):
     """A limit read from the running app's settings at request time (each one configurable)."""
     return lambda: current_app.config["SETTINGS"].limits[name]
+
+
+def exempt_from_global_limits(view):
+    """Decorator: the view answers only to its own @limiter.limit, not to RATELIMIT_GLOBAL.
+
+    flask-limiter's own exempt() cannot express this: any exemption of a view also drops the
+    limits declared on that view.
+    """
+    view.exempt_from_global_limits = True
+    return view
+
+
+def _global_limits_exempt() -> bool:
+    view = current_app.view_functions.get(request.endpoint or "")
+    return getattr(view, "exempt_from_global_limits", False)
+
+
+limiter = Limiter(key_func=client_ip, strategy="moving-window", headers_enabled=False,
+                  swallow_errors=True, in_memory_fallback_enabled=True,
+                  application_limits=[configured_limit("RATELIMIT_GLOBAL")],
+                  application_limits_exempt_when=_global_limits_exempt)
+
+
+@limiter.request_filter
+def _disabled() -> bool:
+    return not current_app.config["SETTINGS"].ratelimit_enabled
 
 
 def _storage_options(settings: Settings) -> dict:
@@ -45,13 +75,35 @@ def _too_many_requests(error: RateLimitExceeded):
     return error_response(429, f"Rate limit exceeded: {error.description}")
 
 
+def _rate_limit_headers(response):
+    """X-RateLimit-* from the limit that applied, and Retry-After on the limiter's own 429 only.
+
+    Written here rather than by flask-limiter, which would put Retry-After on every response
+    and stretch the lockout's and the 503s' own Retry-After to its window's reset.
+    """
+    current = limiter.current_limit
+    if current is None:
+        return response
+    try:
+        reset_time, remaining = current.window
+    except PyMongoError:
+        log.warning("rate limit headers skipped: limit storage unavailable")
+        return response
+    response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
+    response.headers["X-RateLimit-Remaining"] = str(remaining)
+    response.headers["X-RateLimit-Reset"] = str(math.ceil(reset_time))
+    if current.breached:
+        response.headers["Retry-After"] = str(max(1, math.ceil(reset_time - time.time())))
+    return response
+
+
 def register_rate_limits(app: Flask, settings: Settings) -> None:
     app.config.update(
-        RATELIMIT_ENABLED=settings.ratelimit_enabled,
+        RATELIMIT_ENABLED=True,
         RATELIMIT_STORAGE_URI=settings.ratelimit_storage_uri,
         RATELIMIT_STORAGE_OPTIONS=_storage_options(settings),
-        RATELIMIT_APPLICATION=settings.limits["RATELIMIT_GLOBAL"],
         RATELIMIT_KEY_PREFIX="improvmx",
     )
     limiter.init_app(app)
+    app.after_request(_rate_limit_headers)
     app.register_error_handler(RateLimitExceeded, _too_many_requests)

@@ -51,7 +51,7 @@ def configure_logging(settings: Settings) -> None:
     package.setLevel(settings.log_level)
     if not package.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"))
         package.addHandler(handler)
 
 

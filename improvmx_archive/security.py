@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from flask import Flask, current_app, request
 from pymongo.errors import PyMongoError
 
-from .errors import ApiError
+from .errors import MESSAGES, ApiError
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ LOCKED_OUT_MESSAGE = "Too many failed attempts. Please try again later."
 
 
 def client_ip() -> str:
+    """The peer address as ProxyFix rewrote it from TRUSTED_PROXY_COUNT trusted proxies."""
     return request.remote_addr or "unknown"
 
 
@@ -45,17 +46,16 @@ class Lockout:
         found = self.blocks.find_one({"_id": ip, "until": {"$gt": now}})
         return _aware(found["until"]) if found else None
 
-    def record_failure(self, ip: str) -> datetime | None:
-        """Count one failure; returns the block's end when this failure starts a block."""
+    def record_failure(self, ip: str) -> None:
+        """Count one failure; the one that reaches max_failures within window starts a block."""
         now = datetime.now(timezone.utc)
         self.failures.insert_one({"ip": ip, "at": now})
         recent = self.failures.count_documents({"ip": ip, "at": {"$gt": now - self.window}})
         if recent < self.max_failures:
-            return None
+            return
         until = now + self.block
         self.blocks.update_one({"_id": ip}, {"$max": {"until": until}}, upsert=True)
         log.warning("blocked ip=%s after %d failed attempts until=%s", ip, recent, until.isoformat())
-        return until
 
 
 def _aware(moment: datetime) -> datetime:
@@ -100,10 +100,8 @@ def _check_api_key() -> None:
             return
         log.warning("failed authentication ip=%s path=%s reason=%s", ip, request.path,
                     "malformed" if reason[0] == 401 else "wrong key")
-        until = lockout.record_failure(ip)
+        lockout.record_failure(ip)
         headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if reason[0] == 401 else {}
-        if until:
-            headers.update(_retry_after(until))
         raise ApiError(*reason, headers)
     except PyMongoError:
         log.error("authentication state unavailable (MongoDB) ip=%s", ip)
@@ -140,13 +138,16 @@ def source_is_trusted_sender() -> bool:
 
 
 def check_webhook_access(secret: str | None) -> None:
-    """404 unless the path carries the configured secret; 403 for sources off the allowlist."""
+    """404 unless the path carries the configured secret; 403 for sources off the allowlist.
+
+    The 404 carries the same body as any unknown URL's.
+    """
     configured = current_app.config["SETTINGS"].webhook_secret
     if configured:
         if secret is None or not hmac.compare_digest(secret.encode(), configured.encode()):
-            raise ApiError(404)
+            raise ApiError(404, MESSAGES[404])
     elif secret is not None:
-        raise ApiError(404)
+        raise ApiError(404, MESSAGES[404])
     if not source_is_allowed():
         log.warning("webhook refused from ip=%s (not in WEBHOOK_ALLOWED_IPS)", client_ip())
         raise ApiError(403, "Source address not allowed")

@@ -10,13 +10,12 @@ import json
 import logging
 
 from flask import Blueprint, current_app, jsonify, request
-from flask_limiter import ExemptionScope
 
 from ..archive import RecipientNotAccepted
 from ..db import DatabaseUnavailable
 from ..spool import SpoolUnavailable
 from ..errors import ApiError
-from ..ratelimit import configured_limit, limiter
+from ..ratelimit import configured_limit, exempt_from_global_limits, limiter
 from ..security import check_webhook_access, source_is_trusted_sender
 
 log = logging.getLogger(__name__)
@@ -24,6 +23,12 @@ log = logging.getLogger(__name__)
 bp = Blueprint("webhook", __name__)
 
 READ_BLOCK = 1024 * 1024
+
+
+def _json_int(text: str) -> int | str:
+    """BSON integers are 64-bit: a larger JSON integer is kept as its decimal text, not refused."""
+    value = int(text)
+    return value if -2**63 <= value < 2**63 else text
 
 
 def _read_body() -> bytearray:
@@ -62,7 +67,7 @@ def read_payload() -> dict:
         raise ApiError(400, "Request body is not valid JSON") from None
     del body
     try:
-        payload = json.loads(text)
+        payload = json.loads(text, parse_int=_json_int)
     except ValueError:
         raise ApiError(400, "Request body is not valid JSON") from None
     del text
@@ -75,7 +80,7 @@ def read_payload() -> dict:
 
 @bp.post("/webhook")
 @bp.post("/webhook/<secret>")
-@limiter.exempt(flags=ExemptionScope.APPLICATION)
+@exempt_from_global_limits
 @limiter.limit(configured_limit("RATELIMIT_WEBHOOK"), exempt_when=source_is_trusted_sender)
 def receive(secret: str | None = None):
     check_webhook_access(secret)
