@@ -28,7 +28,10 @@ from pymongo.errors import (
 
 from .db import ACKNOWLEDGED, DURABLE, DatabaseUnavailable
 from .parts import BlobStore, Decoded, inspect_part
-from .payload import Message, Part, accepts_domains, escape_keys, idempotency_key, normalise, unescape_keys
+from .payload import (
+    Message, Part, accepts_domains, escape_keys, idempotency_key, normalise, replace_lone_surrogates,
+    unescape_keys,
+)
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +177,13 @@ class Archive:
         }
         if bodies:
             document["bodies"] = bodies
-        if len(bson.encode(document)) > DOCUMENT_LIMIT:
+        try:
+            encoded_size = len(bson.encode(document))
+        except UnicodeEncodeError:
+            document = replace_lone_surrogates(document)
+            document["flags"].append("lone_surrogates_replaced")
+            encoded_size = len(bson.encode(document))
+        if encoded_size > DOCUMENT_LIMIT:
             document = self._overflow(document)
         return document
 

@@ -38,6 +38,7 @@ LIST_PARAMETERS = [
 PAYLOAD_SCHEMA = {
     "type": "object",
     "description": "The ImprovMX webhook payload; unknown fields are kept.",
+    "minProperties": 1,
     "additionalProperties": True,
     "properties": {
         "headers": {"type": "object"},
@@ -73,7 +74,7 @@ WEBHOOK_OPERATION = {
 
 DOWNLOAD_RESPONSES = {
     "200": {"description": "The part's bytes, streamed, with Content-Disposition",
-            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
     **_error_responses(*AUTH_ERRORS, 404),
 }
 

@@ -139,6 +139,21 @@ def escape_keys(value: Any) -> Any:
     return value
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def replace_lone_surrogates(value: Any) -> Any:
+    """BSON strings must be valid UTF-8; a lone surrogate (a JSON escape like \\udc00 that
+    malformed mail can produce) becomes U+FFFD rather than making the message unstorable."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {replace_lone_surrogates(key): replace_lone_surrogates(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [replace_lone_surrogates(item) for item in value]
+    return value
+
+
 def unescape_keys(value: Any) -> Any:
     if isinstance(value, dict):
         return {

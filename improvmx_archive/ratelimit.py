@@ -12,6 +12,7 @@ request time rather than fixed by whichever app called init_app first.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import time
@@ -97,6 +98,14 @@ def _rate_limit_headers(response):
     return response
 
 
+def _close_storage(storage) -> None:
+    """Close the limits MongoDB client before interpreter shutdown: its __del__ would
+    otherwise open or close one while Python tears down, printing a traceback on exit."""
+    client = getattr(storage, "storage", None)
+    if hasattr(client, "close"):
+        client.close()
+
+
 def register_rate_limits(app: Flask, settings: Settings) -> None:
     app.config.update(
         RATELIMIT_ENABLED=True,
@@ -105,5 +114,6 @@ def register_rate_limits(app: Flask, settings: Settings) -> None:
         RATELIMIT_KEY_PREFIX="improvmx",
     )
     limiter.init_app(app)
+    atexit.register(_close_storage, limiter.storage)
     app.after_request(_rate_limit_headers)
     app.register_error_handler(RateLimitExceeded, _too_many_requests)

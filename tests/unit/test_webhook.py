@@ -225,3 +225,14 @@ def test_content_as_base64_of_text_part_declared_base64(app, client, auth):
     email_id = _post(client, payload).get_json()["email_id"]
     download = client.get(f"/emails/{email_id}/attachment/note.txt", headers=auth)
     assert download.data == "héllo".encode()
+
+
+def test_lone_surrogates_from_malformed_mail_are_stored_replaced_and_flagged(app, client, auth):
+    body = '{"subject": "broken \\udc00 header", "headers": {"X-\\ud800": "v\\udfff"}, "text": "ok"}'
+    response = client.post("/webhook", data=body, content_type="application/json")
+    assert response.status_code == 200
+    email = client.get(f"/emails/{response.get_json()['email_id']}", headers=auth).get_json()["email"]
+    assert email["subject"] == "broken \ufffd header" and email["headers"] == {"X-\ufffd": "v\ufffd"}
+    assert "lone_surrogates_replaced" in email["flags"]
+    again = client.post("/webhook", data=body, content_type="application/json").get_json()
+    assert again["duplicate"] is True
