@@ -11,6 +11,7 @@ missing=()
 command -v caddy >/dev/null || missing+=(caddy)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v redis-server >/dev/null || missing+=(redis-server)
 if ((${#missing[@]})); then
     echo "==> installing Debian packages: ${missing[*]}"
     sudo_cmd=()

@@ -161,9 +161,9 @@ class Settings:
         mongo_uri = _mongo_uri(env)
         ratelimit_enabled = _flag(env, "RATELIMIT_ENABLED", True)
         storage_uri = env.get("RATELIMIT_STORAGE_URI", "").strip() or mongo_uri
-        if not storage_uri.startswith(("mongodb://", "mongodb+srv://", "memory://")):
-            raise ConfigError("RATELIMIT_STORAGE_URI must be a mongodb:// URI (shared by every worker) "
-                              "or memory:// (one count per process: tests only)")
+        if not storage_uri.startswith(("mongodb://", "mongodb+srv://", "redis://", "rediss://", "memory://")):
+            raise ConfigError("RATELIMIT_STORAGE_URI must be a mongodb:// or redis:// URI (shared by every "
+                              "worker) or memory:// (one count per process: tests only)")
         cors_origins = tuple(_csv(env.get("CORS_ORIGINS")))
         if "*" in cors_origins:
             raise ConfigError("CORS_ORIGINS must list origins explicitly; '*' is refused")

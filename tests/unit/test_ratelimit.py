@@ -199,9 +199,9 @@ def test_mail_is_accepted_while_the_limit_storage_is_down(make_app, sample_paylo
     ("RATELIMIT_GLOBAL", "200 per fortnight",
      "RATELIMIT_GLOBAL is not a rate limit such as '30 per minute': '200 per fortnight'"),
     ("RATELIMIT_ENABLED", "maybe", "RATELIMIT_ENABLED must be true or false, not 'maybe'"),
-    ("RATELIMIT_STORAGE_URI", "redis://127.0.0.1:6379",
-     "RATELIMIT_STORAGE_URI must be a mongodb:// URI (shared by every worker) or memory:// (one count per "
-     "process: tests only)"),
+    ("RATELIMIT_STORAGE_URI", "memcached://127.0.0.1:11211",
+     "RATELIMIT_STORAGE_URI must be a mongodb:// or redis:// URI (shared by every worker) or memory:// "
+     "(one count per process: tests only)"),
 ])
 def test_invalid_limit_settings_stop_start_up(name, value, message):
     env = {"API_KEY": API_KEY, "MONGO_URI": "mongodb://127.0.0.1:1/", name: value}
