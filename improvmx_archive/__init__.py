@@ -14,6 +14,7 @@ from .cli import register_commands
 from .config import Settings
 from .db import create_indexes, make_client
 from .errors import register_error_handlers
+from .maintenance import start_background_tasks
 from .ratelimit import register_rate_limits
 from .requestlog import configure_logging, register_request_log
 from .routes import docs, emails, health, webhook
@@ -71,6 +72,7 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
         CORS(app, origins=list(settings.cors_origins), supports_credentials=False,
              allow_headers=["Authorization", "Content-Type"], expose_headers=EXPOSED_HEADERS,
              methods=["GET", "PATCH", "OPTIONS"], max_age=600)
+    start_background_tasks(app)
 
 
 def register_blueprints(app: Flask) -> None:

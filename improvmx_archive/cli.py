@@ -6,7 +6,7 @@ import json
 import sys
 import urllib.error
 import urllib.request
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import click
 from flask import Flask, current_app
@@ -18,6 +18,7 @@ from .sample import payload_from_mime, sample_mime
 spool_cli = AppGroup("spool", help="Inspect and replay messages spooled during a MongoDB outage.")
 
 EXIT_DATABASE_UNREACHABLE = 3
+SPOOL_LISTED = 20
 
 
 @click.command("check")
@@ -71,27 +72,73 @@ def gc_blobs_command(grace_minutes: int):
     click.echo(f"ok: removed {removed} unreferenced blob(s)")
 
 
+def _size(count: float) -> str:
+    if count < 1000:
+        return f"{count:.0f} bytes"
+    for unit in ("kB", "MB", "GB"):
+        count /= 1000
+        if count < 1000 or unit == "GB":
+            break
+    return f"{count:.1f} {unit}"
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @spool_cli.command("status")
-def spool_status_command():
-    """How many messages wait in the spool, how old the oldest is, and where they are."""
+@click.option("--all", "list_all", is_flag=True, help="List every waiting message, not just the oldest.")
+def spool_status_command(list_all: bool):
+    """Where mail that MongoDB could not take is waiting, and whether it can move on."""
     spool = current_app.extensions["spool"]
+    settings = current_app.config["SETTINGS"]
+    waiting = spool.messages()
     status = spool.status()
-    click.echo(f"spool directory: {spool.directory.resolve()}")
-    click.echo(f"waiting: {status['depth']} message(s), {status['bytes']} bytes")
-    if status["oldest_age_seconds"] is not None:
-        click.echo(f"oldest: {status['oldest_age_seconds']:.0f} s ago")
+    writable = spool.writable()
+    click.echo(f"spool directory: {spool.directory.resolve()} "
+               f"({'writable' if writable else 'NOT WRITABLE: during an outage mail is refused with 503'})")
+    click.echo(f"MongoDB: {'reachable' if ping(current_app.extensions['mongo_client']) else 'unreachable'}")
+    if not waiting:
+        click.echo("waiting: none; every acknowledged message is in MongoDB")
+    else:
+        now = datetime.now(timezone.utc)
+        oldest = waiting[0].spooled_at
+        click.echo(f"waiting: {len(waiting)} message(s), {_size(sum(m.size for m in waiting))}; "
+                   f"oldest spooled {_iso(oldest)} ({_age((now - oldest).total_seconds())} ago)")
+        shown = waiting if list_all else waiting[:SPOOL_LISTED]
+        for message in shown:
+            click.echo(f"  {message.email_id}  spooled {_iso(message.spooled_at)}  {_size(message.size):>10}  "
+                       f"{message.path.resolve()}")
+        if len(shown) < len(waiting):
+            click.echo(f"  ... and {len(waiting) - len(shown)} more (--all lists every one)")
+        click.echo("These were acknowledged to ImprovMX and are not in MongoDB yet. They move there "
+                   f"automatically once it answers (each worker checks every ~{settings.spool_replay_interval:.0f} s), "
+                   "or now with `flask spool replay`.")
     click.echo(f"set aside as corrupt: {status['corrupt']} (in {spool.corrupt_dir.resolve()})")
 
 
 @spool_cli.command("replay")
 def spool_replay_command():
-    """Move every spooled message into MongoDB now; exit 3 if MongoDB is still down."""
+    """Move every spooled message into MongoDB now; exit 3 if MongoDB is still down, 1 if a
+    message could not be stored for another reason (see the log)."""
     report = current_app.extensions["spool"].replay(current_app.extensions["archive"])
     click.echo(f"stored {len(report.stored)}, already stored {len(report.duplicates)}, "
-               f"corrupt {len(report.corrupt)}, skipped (busy) {report.skipped}")
+               f"corrupt (set aside) {len(report.corrupt)}, failed {len(report.failed)}, "
+               f"skipped (being replayed by a worker) {report.skipped}")
     if report.stopped_by_outage:
         click.echo("error: MongoDB is unavailable; the rest stays spooled", err=True)
         sys.exit(EXIT_DATABASE_UNREACHABLE)
+    if report.failed:
+        click.echo(f"error: {len(report.failed)} message(s) could not be stored and stay spooled", err=True)
+        sys.exit(1)
 
 
 def register_commands(app: Flask) -> None:

@@ -1,0 +1,201 @@
+"""Background upkeep in each gunicorn worker: replay the spool once MongoDB answers again, and
+now and then remove what a crash mid-ingest left behind in GridFS.
+
+One daemon thread per worker, started when the app is built inside the worker (after the
+fork: preload_app stays off) and stopped at exit. A spool directory is replayed by one
+process at a time (a lock file beside it, which the kernel releases if its holder dies);
+each host replays only its own spool, and the idempotency key makes hosts replaying at once
+harmless once the unique indexes exist, so each process confirms them before its first
+replay. Orphan collection runs about once per BLOB_GC_INTERVAL across all hosts, under a
+lease document in MongoDB whose expiry is computed here (never with $$NOW).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+from bson import ObjectId
+from flask import Flask
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from .db import DURABLE, create_indexes
+
+log = logging.getLogger(__name__)
+
+LEASES = "maintenance_leases"
+ORPHAN_GC_LEASE = "orphan-gc"
+# Unreferenced blobs younger than this are kept: an ingest may be about to reference them,
+# and a spool replay after a long outage reuses the blobs its first attempt wrote.
+ORPHAN_GRACE = timedelta(hours=24)
+STOP_TIMEOUT_SECONDS = 10.0
+
+
+class Lease:
+    """A named lease in MongoDB: one holder at a time until it expires."""
+
+    def __init__(self, database, name: str):
+        self.leases = database.get_collection(LEASES, write_concern=DURABLE)
+        self.name = name
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+
+    def acquire(self, duration: timedelta) -> bool:
+        """Take the lease if it is free or expired; never waits. An unexpired lease makes the
+        upsert collide with the existing _id, which is how a refusal shows."""
+        now = datetime.now(timezone.utc)
+        try:
+            self.leases.find_one_and_update(
+                {"_id": self.name, "expires_at": {"$lte": now}},
+                {"$set": {"holder": self.holder, "taken_at": now, "expires_at": now + duration}},
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+
+def remove_partial_uploads(database, grace: timedelta, bucket: str = "blobs") -> int:
+    """Delete GridFS chunks whose file entry was never written (GridFS writes it last, so
+    these are uploads cut short by a crash). Returns how many uploads were removed.
+
+    Walks the chunk owners and the file entries older than the grace period side by side,
+    both sorted by id, instead of one query per chunk.
+    """
+    older = {"$lt": ObjectId.from_datetime(datetime.now(timezone.utc) - grace)}
+    chunks, files = database[f"{bucket}.chunks"], database[f"{bucket}.files"]
+    entries = files.find({"_id": older}, {"_id": 1}).sort("_id", 1)
+    entry = next(entries, None)
+    removed, previous_owner = 0, None
+    for chunk in chunks.find({"files_id": older}, {"files_id": 1, "_id": 0}).sort([("files_id", 1), ("n", 1)]):
+        owner = chunk["files_id"]
+        if owner == previous_owner:
+            continue
+        previous_owner = owner
+        while entry is not None and entry["_id"] < owner:
+            entry = next(entries, None)
+        if entry is None or entry["_id"] != owner:
+            chunks.delete_many({"files_id": owner})
+            removed += 1
+    return removed
+
+
+def collect_orphans(archive, grace: timedelta = ORPHAN_GRACE) -> tuple[int, int]:
+    """Remove unreferenced blobs and partial uploads older than grace; returns both counts."""
+    blobs = archive.gc_blobs(grace)
+    uploads = remove_partial_uploads(archive.database, grace)
+    return blobs, uploads
+
+
+class Maintenance:
+    """The worker's background thread and the work it does on each pass."""
+
+    def __init__(self, archive, spool, replay_interval: float, gc_interval: float):
+        self.archive = archive
+        self.spool = spool
+        self.replay_interval = replay_interval
+        self.gc_interval = gc_interval
+        self.lease = Lease(archive.database, ORPHAN_GC_LEASE)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_gc = time.monotonic()
+        self._indexes_created = False
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="improvmx-maintenance", daemon=True)
+        self._thread.start()
+        atexit.register(self.stop)
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+        """Ask the thread to finish after the spool file it is on; a file left half-replayed
+        is replayed again later (ingest is idempotent)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        if not self.spool.writable():
+            log.error("spool directory %s is not writable: during a MongoDB outage webhooks will be "
+                      "refused (503) instead of spooled", self.spool.directory)
+        while not self._stop.wait(self.replay_interval * random.uniform(0.75, 1.25)):
+            try:
+                self.run_once()
+            except Exception as error:  # noqa: BLE001 - the thread must outlive one bad pass
+                log.error("background maintenance pass failed (%s); next pass in about %.0f s",
+                          type(error).__name__, self.replay_interval)
+
+    def run_once(self) -> None:
+        if not self.ensure_indexes():
+            return
+        self.replay_spool()
+        if self.gc_interval and time.monotonic() >= self._next_gc and not self._stop.is_set():
+            self.collect_orphans()
+
+    def ensure_indexes(self) -> bool:
+        """Create the indexes once per process before replaying: start-up skips them while
+        MongoDB is down, and without the unique idempotency key two hosts replaying the same
+        message at once could both store it."""
+        if not self._indexes_created:
+            try:
+                create_indexes(self.archive.database)
+            except PyMongoError as error:
+                log.warning("indexes not confirmed yet (%s); spool replay waits for them "
+                            "(`flask create-indexes` shows why)", type(error).__name__)
+                return False
+            self._indexes_created = True
+        return True
+
+    def replay_spool(self) -> None:
+        """Replay this host's spool unless another process is already doing it (a pass over
+        an empty spool only clears abandoned partial files)."""
+        with self.spool.replay_lock() as ours:
+            if not ours:
+                return
+            report = self.spool.replay(self.archive, should_stop=self._stop.is_set)
+        if report.moved or report.corrupt or report.failed:
+            log.info("spool replay: stored %d, already stored %d, corrupt %d, failed %d",
+                     len(report.stored), len(report.duplicates), len(report.corrupt), len(report.failed))
+        if report.stopped_by_outage:
+            log.warning("spool replay paused: MongoDB unavailable; %d message(s) wait in %s",
+                        len(self.spool.pending()), self.spool.directory)
+
+    def collect_orphans(self) -> None:
+        """Collect orphans if no worker on any host did within the last interval."""
+        now = time.monotonic()
+        try:
+            if not self.lease.acquire(timedelta(seconds=self.gc_interval)):
+                self._next_gc = now + self.gc_interval
+                return
+            blobs, uploads = collect_orphans(self.archive)
+        except PyMongoError as error:
+            log.warning("orphan collection postponed (%s)", type(error).__name__)
+            self._next_gc = now + self.replay_interval
+            return
+        self._next_gc = now + self.gc_interval
+        if blobs or uploads:
+            log.info("orphan collection: removed %d unreferenced blob(s) and %d partial upload(s)",
+                     blobs, uploads)
+
+
+def _enabled(mode: str) -> bool:
+    if mode == "auto":
+        return os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/")
+    return mode == "on"
+
+
+def start_background_tasks(app: Flask) -> Maintenance | None:
+    """Start this process's maintenance thread if BACKGROUND_TASKS allows it (auto: only in
+    a gunicorn worker, so `flask` commands and tests never start one unless asked)."""
+    settings = app.config["SETTINGS"]
+    if not _enabled(settings.background_tasks):
+        return None
+    maintenance = Maintenance(app.extensions["archive"], app.extensions["spool"],
+                              settings.spool_replay_interval, settings.blob_gc_interval)
+    maintenance.start()
+    app.extensions["maintenance"] = maintenance
+    return maintenance
