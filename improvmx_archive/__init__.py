@@ -12,7 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .archive import Archive
 from .cli import register_commands
 from .config import Settings
-from .db import create_indexes, make_client
+from .db import make_client
 from .errors import register_error_handlers
 from .maintenance import start_background_tasks
 from .ratelimit import register_rate_limits
@@ -63,7 +63,7 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
     app.extensions["lockout"] = Lockout(database)
     app.extensions["spool"] = Spool(settings.spool_dir)
     try:
-        create_indexes(database)
+        app.extensions["archive"].ensure_indexes()
     except PyMongoError:
         log.warning("MongoDB unreachable at start-up; indexes will be created by `flask create-indexes` "
                     "or the next start")

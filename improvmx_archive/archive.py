@@ -26,7 +26,7 @@ from pymongo.errors import (
     WriteConcernError,
 )
 
-from .db import ACKNOWLEDGED, DURABLE, DatabaseUnavailable
+from .db import ACKNOWLEDGED, DURABLE, DatabaseUnavailable, create_indexes
 from .parts import BlobStore, Decoded, inspect_part
 from .payload import (
     Message, Part, accepts_domains, escape_keys, idempotency_key, normalise, replace_lone_surrogates,
@@ -104,6 +104,15 @@ class Archive:
         self.emails = database.emails
         self.durable_emails = database.get_collection("emails", write_concern=DURABLE)
         self.blobs = BlobStore(database, write_concern=ACKNOWLEDGED)
+        self._indexes_ready = False
+
+    def ensure_indexes(self) -> None:
+        """Create the indexes once per process. The unique idempotency index must exist
+        before the first insert, or concurrent deliveries of one message could both land;
+        start-up skips it while MongoDB is down, so the first ingest or replay retries it."""
+        if not self._indexes_ready:
+            create_indexes(self.database)
+            self._indexes_ready = True
 
     def ingest(self, payload: dict[str, Any], *, email_id: ObjectId | None = None,
                domains: tuple[str, ...] = ()) -> IngestResult:
@@ -124,6 +133,7 @@ class Archive:
             raise DatabaseUnavailable(type(error).__name__) from error
 
     def _ingest(self, message: Message, email_id: ObjectId) -> IngestResult:
+        self.ensure_indexes()
         decoded = [inspect_part(part) for part in message.parts]
         key = idempotency_key(message, [d.sha256 for d in decoded])
         existing = self.emails.find_one({"idempotency_key": key}, {"_id": 1})
@@ -289,8 +299,7 @@ class Archive:
                 ]},
                 {"_id": 1},
             )
-            if referenced is None:
-                self.blobs.delete(blob_id)
+            if referenced is None and self.blobs.delete_if_unused(blob_id, cutoff):
                 removed += 1
         return removed
 

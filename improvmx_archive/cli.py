@@ -13,6 +13,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
 from .db import create_indexes, ping
+from .maintenance import collect_orphans
 from .sample import payload_from_mime, sample_mime
 
 spool_cli = AppGroup("spool", help="Inspect and replay messages spooled during a MongoDB outage.")
@@ -67,9 +68,9 @@ def send_sample_command(url: str, recipient: str):
 @click.option("--grace-minutes", default=60, show_default=True, type=click.IntRange(min=1),
               help="Keep unreferenced blobs younger than this (an ingest may be in flight).")
 def gc_blobs_command(grace_minutes: int):
-    """Delete attachment blobs that no message references (left by a crash mid-ingest)."""
-    removed = current_app.extensions["archive"].gc_blobs(timedelta(minutes=grace_minutes))
-    click.echo(f"ok: removed {removed} unreferenced blob(s)")
+    """Delete attachment blobs no message references and uploads cut short by a crash."""
+    blobs, uploads = collect_orphans(current_app.extensions["archive"], timedelta(minutes=grace_minutes))
+    click.echo(f"ok: removed {blobs} unreferenced blob(s) and {uploads} partial upload(s)")
 
 
 def _size(count: float) -> str:

@@ -25,7 +25,7 @@ from bson import ObjectId
 from flask import Flask
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from .db import DURABLE, create_indexes
+from .db import DURABLE
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,6 @@ class Maintenance:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_gc = time.monotonic()
-        self._indexes_created = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="improvmx-maintenance", daemon=True)
@@ -137,17 +136,14 @@ class Maintenance:
             self.collect_orphans()
 
     def ensure_indexes(self) -> bool:
-        """Create the indexes once per process before replaying: start-up skips them while
-        MongoDB is down, and without the unique idempotency key two hosts replaying the same
-        message at once could both store it."""
-        if not self._indexes_created:
-            try:
-                create_indexes(self.archive.database)
-            except PyMongoError as error:
-                log.warning("indexes not confirmed yet (%s); spool replay waits for them "
-                            "(`flask create-indexes` shows why)", type(error).__name__)
-                return False
-            self._indexes_created = True
+        """Confirm the indexes before replaying: without the unique idempotency key two
+        hosts replaying the same message at once could both store it."""
+        try:
+            self.archive.ensure_indexes()
+        except PyMongoError as error:
+            log.warning("indexes not confirmed yet (%s); spool replay waits for them "
+                        "(`flask create-indexes` shows why)", type(error).__name__)
+            return False
         return True
 
     def replay_spool(self) -> None:

@@ -118,8 +118,14 @@ class BlobStore:
         self.files = database.get_collection(f"{bucket_name}.files", write_concern=write_concern)
         self.chunks = database.get_collection(f"{bucket_name}.chunks", write_concern=write_concern)
 
-    def find(self, sha256: str, size: int) -> ObjectId | None:
-        found = self.files.find_one({"metadata.sha256": sha256, "length": size}, {"_id": 1})
+    def reuse(self, sha256: str, size: int) -> ObjectId | None:
+        """An identical stored blob, stamped as just used so that an orphan sweep which
+        already judged it unreferenced leaves it alone (see delete_if_unused)."""
+        found = self.files.find_one_and_update(
+            {"metadata.sha256": sha256, "length": size},
+            {"$set": {"metadata.lastUsed": datetime.now(timezone.utc)}},
+            projection={"_id": 1},
+        )
         return found["_id"] if found else None
 
     def put(self, slices: Iterator[bytes], sha256: str, size: int, content_type: str) -> ObjectId:
@@ -129,7 +135,7 @@ class BlobStore:
         found is always complete. (pymongo's GridIn buffers up to 48 MB of chunk documents
         and encodes them again to send: twice a large attachment's size in memory.)
         """
-        existing = self.find(sha256, size)
+        existing = self.reuse(sha256, size)
         if existing is not None:
             return existing
         blob_id = ObjectId()
@@ -176,7 +182,10 @@ class BlobStore:
         except NoFile:
             return None
 
-    def delete(self, blob_id: ObjectId) -> None:
-        """File entry first, then chunks (GridFS's own order): a half-deleted blob is invisible."""
-        self.files.delete_one({"_id": blob_id})
-        self.chunks.delete_many({"files_id": blob_id})
+    def delete_if_unused(self, blob_id: ObjectId, cutoff: datetime) -> bool:
+        """Delete a blob unless an ingest reused it after cutoff; True when deleted."""
+        removed = self.files.delete_one({"_id": blob_id, "$or": [
+            {"metadata.lastUsed": {"$exists": False}}, {"metadata.lastUsed": {"$lt": cutoff}}]})
+        if removed.deleted_count:
+            self.chunks.delete_many({"files_id": blob_id})
+        return bool(removed.deleted_count)

@@ -76,36 +76,61 @@ def key_matches(presented: str, keys: tuple[str, ...]) -> bool:
     return matched
 
 
+def _credential_refusal(keys: tuple[str, ...]) -> tuple[ApiError, bool] | None:
+    """None when a configured key was presented; otherwise the refusal and whether it counts
+    as a failed attempt (a missing header does not: it guesses nothing)."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return ApiError(401, "Missing Authorization header; send 'Authorization: Bearer <API key>'",
+                        {"WWW-Authenticate": 'Bearer realm="improvmx-webhook"'}), False
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return ApiError(401, "Malformed Authorization header; expected 'Bearer <API key>'",
+                        {"WWW-Authenticate": 'Bearer error="invalid_token"'}), True
+    if not key_matches(token, keys):
+        return ApiError(403, "Invalid API key"), True
+    return None
+
+
+def _unavailable() -> ApiError:
+    return ApiError(503, "Service temporarily unavailable", {"Retry-After": "30"})
+
+
 def _check_api_key() -> None:
-    settings = current_app.config["SETTINGS"]
+    """A block in force wins; a valid key passes; a bad one is counted toward a block.
+
+    While MongoDB is down a valid key still passes (so the owner can see GET /'s spool
+    depth during an outage); anything that would need counting answers 503.
+    """
     lockout: Lockout = current_app.extensions["lockout"]
     ip = client_ip()
+    refusal = _credential_refusal(current_app.config["SETTINGS"].api_keys)
     try:
         until = lockout.blocked_until(ip)
-        if until:
-            log.warning("refused blocked ip=%s path=%s", ip, request.path)
-            raise ApiError(429, LOCKED_OUT_MESSAGE, _retry_after(until))
-
-        header = request.headers.get("Authorization")
-        if header is None:
-            raise ApiError(401, "Missing Authorization header; send 'Authorization: Bearer <API key>'",
-                           {"WWW-Authenticate": 'Bearer realm="improvmx-webhook"'})
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            reason = (401, "Malformed Authorization header; expected 'Bearer <API key>'")
-        elif not key_matches(token, settings.api_keys):
-            reason = (403, "Invalid API key")
-        else:
-            return
-        log.warning("failed authentication ip=%s path=%s reason=%s", ip, request.path,
-                    "malformed" if reason[0] == 401 else "wrong key")
-        lockout.record_failure(ip)
-        headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if reason[0] == 401 else {}
-        raise ApiError(*reason, headers)
     except PyMongoError:
+        if refusal is None:
+            log.warning("lockout state unavailable (MongoDB); admitting a valid key ip=%s", ip)
+            return
+        if not refusal[1]:
+            raise refusal[0] from None
         log.error("authentication state unavailable (MongoDB) ip=%s", ip)
-        raise ApiError(503, "Service temporarily unavailable", {"Retry-After": "30"}) from None
+        raise _unavailable() from None
+    if until:
+        log.warning("refused blocked ip=%s path=%s", ip, request.path)
+        raise ApiError(429, LOCKED_OUT_MESSAGE, _retry_after(until))
+    if refusal is None:
+        return
+    error, counted = refusal
+    if counted:
+        log.warning("failed authentication ip=%s path=%s reason=%s", ip, request.path,
+                    "malformed" if error.status == 401 else "wrong key")
+        try:
+            lockout.record_failure(ip)
+        except PyMongoError:
+            log.error("authentication state unavailable (MongoDB) ip=%s", ip)
+            raise _unavailable() from None
+    raise error
 
 
 def require_api_key(view):

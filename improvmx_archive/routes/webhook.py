@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import traceback
 
 from flask import Blueprint, current_app, jsonify, request
 
@@ -92,6 +93,14 @@ def receive(secret: str | None = None):
     except RecipientNotAccepted:
         raise ApiError(422, "No recipient is in a domain this archive accepts (DOMINIO)") from None
     except DatabaseUnavailable:
+        log.warning("database unavailable; spooling the message")
+        return _spool(payload)
+    except Exception as error:
+        # Refusing would lose the mail after ImprovMX's retries: keep it for the operator,
+        # whose replays will retry it. Only the error's type and place are logged (no mail).
+        frame = traceback.extract_tb(error.__traceback__)[-1]
+        log.error("archiving failed (%s at %s:%d); message kept in the spool", type(error).__name__,
+                  frame.filename.rsplit("/", 1)[-1], frame.lineno)
         return _spool(payload)
     del payload
     if result.duplicate:
@@ -105,14 +114,14 @@ def receive(secret: str | None = None):
 
 
 def _spool(payload: dict):
-    """MongoDB cannot take the write: keep the message on local disk and answer 202, or
-    answer 503 so ImprovMX retries when neither can take it."""
+    """The archive cannot take the message now: keep it on local disk and answer 202, or
+    answer 503 so ImprovMX retries when the disk cannot take it either."""
     try:
         email_id = current_app.extensions["spool"].put(payload)
     except SpoolUnavailable:
         log.error("database and spool both unavailable; asking ImprovMX to retry")
         raise ApiError(503, "Storage temporarily unavailable; retry later", {"Retry-After": "60"}) from None
-    log.warning("database unavailable; spooled email_id=%s", email_id)
+    log.warning("spooled email_id=%s", email_id)
     response = jsonify(success=True, message="Email accepted; it will be archived when the database is back",
                        email_id=str(email_id), duplicate=False, spooled=True)
     response.status_code = 202

@@ -70,7 +70,7 @@ def test_gc_blobs_removes_only_old_unreferenced_blobs(app, client):
     files.update_many({}, {"$set": {"uploadDate": datetime.now(timezone.utc) - timedelta(hours=2)}})
     files.update_one({"_id": young}, {"$set": {"uploadDate": datetime.now(timezone.utc)}})
     result = app.test_cli_runner().invoke(args=["gc-blobs"])
-    assert result.output.strip() == "ok: removed 1 unreferenced blob(s)"
+    assert result.output.strip() == "ok: removed 1 unreferenced blob(s) and 0 partial upload(s)"
     remaining = {f["_id"] for f in files.find()}
     assert orphan not in remaining and young in remaining and len(remaining) == 2
 
@@ -81,3 +81,15 @@ def test_spool_status_shows_where_mail_waits(app):
     assert result.exit_code == 0
     assert "waiting: 1 message(s)" in result.output
     assert str(app.extensions["spool"].directory.resolve()) in result.output
+
+
+def test_gc_spares_a_blob_reused_after_it_was_judged_unreferenced(app, client):
+    """The sweep found the blob unreferenced; an ingest reuses it before the delete lands."""
+    archive = app.extensions["archive"]
+    blob_id = archive.blobs.put(iter([b"logo"]), "2" * 64, 4, "image/png")
+    files = app.extensions["database"]["blobs.files"]
+    files.update_one({"_id": blob_id}, {"$set": {"uploadDate": datetime.now(timezone.utc) - timedelta(days=2)}})
+    cutoff = datetime.now(timezone.utc) - timedelta(hours=1)
+    assert archive.blobs.reuse("2" * 64, 4) == blob_id
+    assert archive.blobs.delete_if_unused(blob_id, cutoff) is False
+    assert files.find_one({"_id": blob_id}) is not None

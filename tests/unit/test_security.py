@@ -187,16 +187,21 @@ def test_lockout_state_is_expired_by_ttl_indexes(app):
 
 
 @pytest.mark.parametrize("limits", ["true", "false"])
-def test_lockout_store_unavailable_is_a_503_not_an_open_door(make_app, limits):
+def test_lockout_store_unavailable_admits_only_a_valid_key(make_app, limits):
+    """No lockout state: a bad key cannot be counted, so it gets 503, never a pass; the valid
+    key still works, so the owner can read GET / (spool depth) during an outage."""
     def unavailable(*args, **kwargs):
         raise ServerSelectionTimeoutError("down")
 
     app = make_app(RATELIMIT_ENABLED=limits)
     app.extensions["lockout"].blocks.find_one = unavailable
-    response = call(app.test_client(), "/emails", headers=BEARER)
-    assert response.status_code == 503
-    assert response.get_json() == {"success": False, "error": "Service temporarily unavailable"}
-    assert response.headers["Retry-After"] == "30"
+    client = app.test_client()
+    refused = call(client, "/emails", headers=BAD_KEY)
+    assert refused.status_code == 503
+    assert refused.get_json() == {"success": False, "error": "Service temporarily unavailable"}
+    assert refused.headers["Retry-After"] == "30"
+    assert call(client, "/emails", headers=BEARER).status_code == 200
+    assert call(client, "/emails").status_code == 401
 
 
 # --- client address ---------------------------------------------------------------------------

@@ -39,8 +39,7 @@ from pymongo.errors import (
 
 from improvmx_archive.archive import IngestResult
 from improvmx_archive.config import ConfigError
-from improvmx_archive import maintenance as maintenance_module
-from improvmx_archive.db import DatabaseUnavailable
+from improvmx_archive.db import DatabaseUnavailable, create_indexes
 from improvmx_archive.maintenance import (
     Lease,
     Maintenance,
@@ -455,13 +454,13 @@ def test_only_one_process_replays_a_spool_at_a_time(spool):
 
 def test_replay_waits_until_the_unique_indexes_exist(spool, monkeypatch):
     """Started while MongoDB was down, the app has no idempotency index yet: create it first."""
-    def database_down(database):
+    def database_down():
         raise ServerSelectionTimeoutError("No servers found yet")
 
     spool.put({"subject": "waiting"})
     archive = RecordingArchive()
     maintenance = Maintenance(_ArchiveOnMongomock(archive), spool, replay_interval=1, gc_interval=0)
-    monkeypatch.setattr(maintenance_module, "create_indexes", database_down)
+    monkeypatch.setattr(maintenance.archive, "ensure_indexes", database_down)
     maintenance.run_once()
     assert archive.ingested == [] and len(spool.pending()) == 1
     monkeypatch.undo()
@@ -481,12 +480,15 @@ def test_background_pass_clears_abandoned_partial_files_even_with_nothing_waitin
 
 
 class _ArchiveOnMongomock:
-    """A RecordingArchive with the database attribute Maintenance needs for its lease."""
+    """A RecordingArchive with the database and index set-up Maintenance needs."""
 
     def __init__(self, archive: RecordingArchive):
         self.ingest = archive.ingest
         self.database = mongomock.MongoClient().db
         self.gc_runs = 0
+
+    def ensure_indexes(self):
+        create_indexes(self.database)
 
     def gc_blobs(self, grace):
         self.gc_runs += 1

@@ -210,9 +210,22 @@ def test_oversize_body_is_413_json(make_app):
     assert response.get_json() == {"success": False, "error": "Request body too large"}
 
 
-def test_unexpected_error_is_a_json_500_without_internals(client, sample_payload, ingest_raises):
-    ingest_raises(RuntimeError("secret internal detail mongodb://user:pass@host"))
+def test_unexpected_archive_error_keeps_the_mail_in_the_spool(app, client, sample_payload, ingest_raises, caplog):
+    """A bug or an unexpected MongoDB refusal must not make ImprovMX drop the message."""
+    ingest_raises(RuntimeError("internal detail with mail content"))
     response = _post(client, sample_payload)
+    assert response.status_code == 202 and response.get_json()["spooled"] is True
+    assert len(app.extensions["spool"].pending()) == 1
+    assert "archiving failed (RuntimeError at test_webhook.py:" in caplog.text
+    assert "mail content" not in caplog.text
+
+
+def test_unexpected_error_elsewhere_is_a_json_500_without_internals(app, client, auth, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internal detail mongodb://user:pass@host")
+
+    monkeypatch.setattr(app.extensions["archive"], "search", broken)
+    response = client.get("/emails", headers=auth)
     assert response.status_code == 500
     assert response.get_json() == {"success": False, "error": "Internal server error"}
     assert b"secret" not in response.data
@@ -236,3 +249,13 @@ def test_lone_surrogates_from_malformed_mail_are_stored_replaced_and_flagged(app
     assert "lone_surrogates_replaced" in email["flags"]
     again = client.post("/webhook", data=body, content_type="application/json").get_json()
     assert again["duplicate"] is True
+
+
+def test_first_ingest_creates_the_unique_index_start_up_could_not(app, client, sample_payload):
+    """Started while MongoDB was down, the app has no idempotency index: the first ingest
+    creates it before inserting, so concurrent retries cannot both land."""
+    emails = app.extensions["database"].emails
+    emails.drop_indexes()
+    app.extensions["archive"]._indexes_ready = False
+    assert client.post("/webhook", json=sample_payload).status_code == 200
+    assert emails.index_information()["idempotency_key_unique"]["unique"] is True
