@@ -60,6 +60,14 @@ def _number(env: dict[str, str], name: str, default: float, minimum: float) -> f
     return value
 
 
+def _whole_megabytes(env: dict[str, str], name: str, default: int) -> int:
+    """A whole number of MB: Caddy's matching body cap compares integers, and both must agree."""
+    value = _number(env, name, default, 1)
+    if value != int(value):
+        raise ConfigError(f"{name} must be a whole number of megabytes")
+    return int(value)
+
+
 def _csv(raw: str | None) -> list[str]:
     return [item.strip() for item in (raw or "").split(",") if item.strip()]
 
@@ -180,7 +188,7 @@ class Settings:
             api_keys=api_keys,
             domains=tuple(domain.lower().lstrip("@") for domain in _csv(env.get("DOMINIO"))),
             mongo_timeout_ms=int(_number(env, "MONGO_TIMEOUT_MS", 5000, 100)),
-            max_body_bytes=int(_number(env, "MAX_BODY_MB", 70, 1) * MB),
+            max_body_bytes=_whole_megabytes(env, "MAX_BODY_MB", 70) * MB,
             trusted_proxy_count=int(_number(env, "TRUSTED_PROXY_COUNT", 1, 0)),
             webhook_secret=secret,
             webhook_allowed_networks=_networks(env, "WEBHOOK_ALLOWED_IPS"),

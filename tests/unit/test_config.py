@@ -41,6 +41,7 @@ def test_guide_style_credentials_are_percent_encoded():
     ({"MONGO_URI": ""}, "Set MONGO_URI"),
     ({"MONGO_URI": "http://x"}, "MONGO_URI must start with mongodb://"),
     ({"MAX_BODY_MB": "lots"}, "MAX_BODY_MB must be a number"),
+    ({"MAX_BODY_MB": "70.5"}, "MAX_BODY_MB must be a whole number of megabytes"),
     ({"TRUSTED_PROXY_COUNT": "-1"}, "TRUSTED_PROXY_COUNT must be at least 0"),
     ({"RATELIMIT_ENABLED": "perhaps"}, "RATELIMIT_ENABLED must be true or false"),
     ({"RATELIMIT_LIST": "often"}, "RATELIMIT_LIST is not a rate limit"),
