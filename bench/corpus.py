@@ -25,13 +25,7 @@ from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-try:
-    from improvmx_archive.sample import payload_from_mime
-except ImportError:  # TEMPORARY until the app ships improvmx_archive/sample.py
-    import mailparse
-
-    def payload_from_mime(raw: bytes) -> dict:
-        return mailparse.EmailDecode.load(raw)
+from improvmx_archive.sample import payload_from_mime
 
 GENERATOR_VERSION = 1
 KB = 1024

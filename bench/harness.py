@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import shutil
+
 import psutil
 
 from devtools.processes import ManagedProcess, gunicorn_serving, mongo_uri, secantus
@@ -239,10 +241,34 @@ class Bench:
 
     def start_database(self) -> str:
         if self.mongo_uri is None:
-            self.database = secantus(self.workdir / "secantus-data", log_path=self.workdir / "logs" / "secantus.log")
-            self.database.start(timeout=60)
-            self.mongo_uri = mongo_uri(self.database.port)
+            self._start_secantus()
         return self.mongo_uri
+
+    def _start_secantus(self) -> None:
+        self.database = secantus(self.workdir / "secantus-data", log_path=self.workdir / "logs" / "secantus.log")
+        self.database.start(timeout=60)
+        self.mongo_uri = mongo_uri(self.database.port)
+
+    def fresh_database(self) -> bool:
+        """Give the next figure an empty SecantusDB (a new process, a new data directory).
+
+        SecantusDB's query and write costs grow with everything the server holds, not just the
+        collection queried (after the ingest figure's ~3 GB, a 1,000-message listing took
+        seconds), so figures must not inherit each other's data. A given --mongo-uri server is
+        shared; its bench databases are dropped instead. Returns True if a new server started.
+        """
+        if self.database is None:
+            return False
+        self.database.stop(timeout=120)
+        shutil.rmtree(self.workdir / "secantus-data", ignore_errors=True)
+        self._start_secantus()
+        return True
+
+    def reset(self) -> None:
+        """An empty database server for what follows: a new SecantusDB, or (--mongo-uri) the
+        bench databases dropped."""
+        if not self.fresh_database():
+            drop_bench_databases(self.mongo_uri, self.db_prefix)
 
     def db_name(self, system: str, figure: str) -> str:
         return f"{self.db_prefix}_{figure}_{system}"
@@ -300,6 +326,18 @@ class Bench:
             self.database.stop(timeout=60)
 
 
+def drop_bench_databases(uri: str, prefix: str) -> None:
+    import pymongo
+
+    client = pymongo.MongoClient(uri)
+    try:
+        for name in client.list_database_names():
+            if name.startswith(prefix + "_"):
+                client.drop_database(name)
+    finally:
+        client.close()
+
+
 def _has_config() -> bool:
     from devtools.processes import REPO_ROOT
     return (REPO_ROOT / "gunicorn.conf.py").exists()
@@ -321,6 +359,16 @@ def _wait_ready(server: ManagedProcess, timeout: float = 60.0) -> None:
     finally:
         client.close()
     raise RuntimeError(f"{server.name} never answered; log:\n{server.log_text()[-3000:]}")
+
+
+def _git_head() -> str:
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "app.py", "improvmx_archive", "gunicorn.conf.py"],
+                           capture_output=True, text=True, cwd=root).stdout.strip()
+    return f"{head} (app files modified after it)" if dirty else head
 
 
 def environment_facts(mongo: str) -> dict:
@@ -362,6 +410,5 @@ def environment_facts(mongo: str) -> dict:
         "server_version_reported": server_version,
         "secantusdb": secantus_version,
         "gunicorn_conf": "gunicorn.conf.py" if gunicorn_conf else "fallback flags " + " ".join(FALLBACK_ARGS),
-        "git_head": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                   cwd=Path(__file__).resolve().parent.parent).stdout.strip(),
+        "git_head": _git_head(),
     }

@@ -175,3 +175,87 @@ def seed(uri: str, ours_db: str, naive_db: str | None, api_key: str, seed_value:
              "start": lo, "stop": min(lo + step, stop)} for lo in range(start, stop, step)]
     with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
         pool.map(_seed_range, jobs)
+
+
+def _plan_summary(node: dict | None) -> str:
+    """'LIMIT > FETCH > IXSCAN newest_first' from a winning plan."""
+    chain = []
+    while isinstance(node, dict) and node:
+        stage = node.get("stage", "?")
+        if node.get("indexName"):
+            stage += f" {node['indexName']}"
+        chain.append(stage)
+        if "inputStage" in node:
+            node = node["inputStage"]
+        elif node.get("inputStages"):
+            chain.append("(" + " | ".join(_plan_summary(child) for child in node["inputStages"]) + ")")
+            break
+        else:
+            break
+    return " > ".join(chain)
+
+
+def _explain_job(job: dict) -> dict:
+    import importlib
+    from urllib.parse import urlencode
+
+    from pymongo import DESCENDING
+
+    os.environ.update({
+        "MONGO_URI": job["uri"], "MONGO_DB": job["db"], "API_KEY": job["api_key"],
+        "RATELIMIT_ENABLED": "false", "SPOOL_DIR": tempfile.mkdtemp(prefix="bench-explain-"),
+        "LOG_LEVEL": "WARNING",
+    })
+    from improvmx_archive import create_app
+    from improvmx_archive.archive import SUMMARY_EXCLUDE
+    from improvmx_archive.routes.emails import build_query
+
+    app = create_app()
+    archive = app.extensions["archive"]
+    emails = archive.emails
+    hint_for = getattr(importlib.import_module("improvmx_archive.archive"), "index_hint", lambda query: None)
+    out = {}
+    for name, params in job["cases"]:
+        with app.test_request_context("/emails?" + urlencode(params)):
+            query = build_query()
+        skip, limit = int(params.get("skip", 0)), int(params.get("limit", 10))
+        if hasattr(archive, "page_cursor"):  # exactly the cursor the route iterates
+            cursor = archive.page_cursor(query, skip, limit)
+        else:
+            cursor = (emails.find(query, SUMMARY_EXCLUDE)
+                      .sort([("received_at", DESCENDING), ("_id", DESCENDING)]).skip(skip).limit(limit))
+        plan = cursor.explain()
+        stats = plan.get("executionStats") or {}
+        hint = hint_for(query)
+        entry = {
+            "filter": json.loads(json.dumps(query, default=str)),
+            "hint": hint,
+            "plan": _plan_summary((plan.get("queryPlanner") or {}).get("winningPlan")),
+            "keys_examined": stats.get("totalKeysExamined"), "docs_examined": stats.get("totalDocsExamined"),
+            "returned": stats.get("nReturned"), "server_ms": stats.get("executionTimeMillis"),
+        }
+        if query:  # the route counts matches with count_documents (an aggregate $match/$group)
+            try:
+                command = {"aggregate": "emails", "pipeline": [{"$match": query},
+                                                               {"$group": {"_id": 1, "n": {"$sum": 1}}}],
+                           "cursor": {}}
+                if hint:
+                    command["hint"] = hint
+                counted = emails.database.command("explain", command, verbosity="executionStats")
+                stages = counted.get("stages") or []
+                first = stages[0].get("$cursor", {}) if stages else counted
+                count_plan = (first.get("queryPlanner") or {}).get("winningPlan")
+                entry["count_plan"] = _plan_summary(count_plan) if count_plan else "n/a"
+            except Exception as error:  # noqa: BLE001 - not every server explains aggregates
+                entry["count_plan"] = f"n/a ({type(error).__name__})"
+        else:
+            entry["count_plan"] = "estimated_document_count (count command)"
+        out[name] = entry
+    return out
+
+
+def explain(uri: str, db: str, api_key: str, cases: list[tuple[str, dict]], workdir: Path) -> dict:
+    """explain() of the exact query the list route runs (the app's own build_query)."""
+    job = {"uri": uri, "db": db, "api_key": api_key, "cases": cases}
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_explain_job, (job,))
