@@ -136,9 +136,12 @@ class Archive:
         self.ensure_indexes()
         decoded = [inspect_part(part) for part in message.parts]
         key = idempotency_key(message, [d.sha256 for d in decoded])
-        existing = self.emails.find_one({"idempotency_key": key}, {"_id": 1})
-        if existing:
-            return IngestResult(str(existing["_id"]), True)
+        if message.parts:
+            # A retry is recognised before its parts are uploaded again; without parts the
+            # unique index alone catches it, one round trip cheaper.
+            existing = self.emails.find_one({"idempotency_key": key}, {"_id": 1})
+            if existing:
+                return IngestResult(str(existing["_id"]), True)
 
         records: dict[str, list] = {"attachments": [], "inlines": []}
         for part, info in zip(message.parts, decoded):
@@ -226,8 +229,8 @@ class Archive:
         return unescape_keys(document)
 
     def read_text(self, blob_id: ObjectId) -> str | None:
-        stream = self.blobs.open(blob_id)
-        return stream.read().decode("utf-8", "surrogatepass") if stream else None
+        stream = self.blobs.stream(blob_id)
+        return b"".join(stream.chunks).decode("utf-8", "surrogatepass") if stream else None
 
     def page_cursor(self, query: dict[str, Any], skip: int, limit: int):
         """Summaries matching query, newest first, through the index index_hint picks."""
@@ -261,7 +264,7 @@ class Archive:
         )
 
     def part(self, email_id: str, *, name: str | None = None, position: int | None = None):
-        """A part's record and open GridFS stream, by file name or by 0-based position.
+        """A part's record and its BlobStream, by file name or by 0-based position.
 
         Attachments come first, then inlines; a name matches an attachment or inline name or
         an inline's Content-ID.
@@ -280,7 +283,7 @@ class Archive:
             )
         if record is None:
             return None, None
-        return record, self.blobs.open(record["blob_id"])
+        return record, self.blobs.stream(record["blob_id"])
 
     def gc_blobs(self, grace: timedelta = timedelta(hours=1)) -> int:
         """Delete blobs no message references, older than the grace period (in-flight

@@ -23,10 +23,14 @@ LOCKOUT_FAILURE_TTL = 300
 EMAIL_INDEXES = [
     IndexModel([("idempotency_key", ASCENDING)], name="idempotency_key_unique", unique=True),
     IndexModel([("received_at", DESCENDING), ("_id", DESCENDING)], name="newest_first"),
-    IndexModel([("from_email", ASCENDING), ("received_at", DESCENDING)], name="by_sender"),
-    IndexModel([("recipients", ASCENDING), ("received_at", DESCENDING)], name="by_recipient"),
-    IndexModel([("processed", ASCENDING), ("received_at", DESCENDING)], name="by_processed"),
-    IndexModel([("has_attachments", ASCENDING), ("received_at", DESCENDING)], name="by_attachments"),
+    # Each filter's index ends with the listing's full sort key, so no filter needs a SORT.
+    IndexModel([("from_email", ASCENDING), ("received_at", DESCENDING), ("_id", DESCENDING)], name="by_sender"),
+    IndexModel([("recipients", ASCENDING), ("received_at", DESCENDING), ("_id", DESCENDING)],
+               name="by_recipient"),
+    IndexModel([("processed", ASCENDING), ("received_at", DESCENDING), ("_id", DESCENDING)],
+               name="by_processed"),
+    IndexModel([("has_attachments", ASCENDING), ("received_at", DESCENDING), ("_id", DESCENDING)],
+               name="by_attachments"),
     IndexModel([("subject_trigrams", ASCENDING)], name="by_subject_trigram"),
     # Let gc_blobs find whether anything still references a blob without a collection scan.
     IndexModel([("attachments.blob_id", ASCENDING)], name="attachment_blobs"),

@@ -19,7 +19,6 @@ bp = Blueprint("emails", __name__)
 
 MAX_LIMIT = 100
 MAX_SKIP = 10_000_000
-READ_BLOCK = 256 * 1024
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
@@ -199,22 +198,11 @@ def content_disposition(disposition: str, filename: str) -> str:
     return f"{disposition}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-def _stream(grid_out):
-    try:
-        while True:
-            block = grid_out.read(READ_BLOCK)
-            if not block:
-                break
-            yield block
-    finally:
-        grid_out.close()
-
-
 def _download(email_id: str, *, name: str | None = None, position: int | None = None):
-    record, grid_out = current_app.extensions["archive"].part(email_id, name=name, position=position)
+    record, blob = current_app.extensions["archive"].part(email_id, name=name, position=position)
     if record is None:
         raise ApiError(404, "Attachment not found")
-    if grid_out is None:
+    if blob is None:
         current_app.logger.error("blob missing for email_id=%s part=%s", email_id, record.get("sha256"))
         raise ApiError(404, "Attachment content is missing")
     content_type = str(record.get("type") or "").lower()
@@ -225,8 +213,8 @@ def _download(email_id: str, *, name: str | None = None, position: int | None = 
     if content_type.startswith("text/") and record.get("stored_as") != "base64":
         mimetype += "; charset=utf-8"
     filename = safe_filename(record.get("name"), f"attachment-{record.get('index', 0)}")
-    response = Response(_stream(grid_out), content_type=mimetype, direct_passthrough=True)
-    response.content_length = grid_out.length
+    response = Response(blob.chunks, content_type=mimetype, direct_passthrough=True)
+    response.content_length = blob.length
     response.headers["Content-Disposition"] = content_disposition(disposition, filename)
     response.headers["X-Content-SHA256"] = record.get("sha256", "")
     return response

@@ -536,7 +536,7 @@ def test_durability_sigterm_lets_an_in_flight_upload_finish(deploy):
         digests = []
         for position in range(len(document["attachments"])):
             _, stream = archive.part(str(document["_id"]), position=position)
-            digests.append(hashlib.sha256(stream.read()).hexdigest())
+            digests.append(hashlib.sha256(b"".join(stream.chunks)).hexdigest())
         assert sorted(digests) == large.attachment_sha256
 
 

@@ -216,3 +216,12 @@ def test_subject_search_finds_very_long_subjects(client, auth):
     found = _list(client, auth, "?subject=NEEDLE-phrase")["emails"]
     assert [e["id"] for e in found] == [email_id]
     assert [e["id"] for e in _list(client, auth, "?subject=ne")["emails"]] == [email_id]
+
+
+def test_download_with_a_missing_chunk_fails_instead_of_sending_wrong_bytes(app, client, auth):
+    from tests.payloads import message_with_attachment
+    import os
+    email_id = client.post("/webhook", json=message_with_attachment(os.urandom(3 * 1024 * 1024))).get_json()["email_id"]
+    app.extensions["database"]["blobs.chunks"].delete_one({"n": 1})
+    with pytest.raises(Exception, match="chunk 1 missing"):
+        client.get(f"/emails/{email_id}/attachments/0", headers=auth).get_data()
