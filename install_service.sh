@@ -33,25 +33,8 @@ UNIT=improvmx-webhook.service
 SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 APP_FILES=(app.py gunicorn.conf.py requirements.txt)
 
-say() { printf '==> %s\n' "$*"; }
-note() { printf '    %s\n' "$*"; }
-die() {
-	printf 'install_service.sh: error: %s\n' "$*" >&2
-	exit 1
-}
-# Run a command that changes the system, or only show it under --dry-run.
-# Report something done (silent under --dry-run, where run already showed it).
-did() { [[ $DRY_RUN == 1 ]] || note "$@"; }
-run() {
-	if [[ $DRY_RUN == 1 ]]; then
-		printf '    [dry-run]'
-		printf ' %q' "$@"
-		printf '\n'
-	else
-		"$@"
-	fi
-}
-need_value() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value"; }
+# shellcheck source=scripts/service_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/scripts/service_lib.sh"
 
 while [[ $# -gt 0 ]]; do
 	case $1 in

@@ -29,8 +29,8 @@ from tests.deploy.helpers import request, require_tools, wait_until
 pytestmark = pytest.mark.slow
 
 REPO = processes.REPO_ROOT
-SHIPPED = ["install_service.sh", "uninstall_service.sh", "improvmx-webhook.service", "app.py",
-           "gunicorn.conf.py", "requirements.txt", "improvmx_archive"]
+SHIPPED = ["install_service.sh", "uninstall_service.sh", "scripts/service_lib.sh", "improvmx-webhook.service",
+           "app.py", "gunicorn.conf.py", "requirements.txt", "improvmx_archive"]
 UNIT = "improvmx-webhook.service"
 QUERIES = ("is-active", "is-enabled")
 
@@ -111,6 +111,7 @@ def _make_site(mongo_uri: str) -> Site:
         if source.is_dir():
             shutil.copytree(source, site.src / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (site.src / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, site.src / name)
     bin_dir = root / "bin"
     bin_dir.mkdir()
