@@ -281,6 +281,8 @@ class Bench:
             "MONGO_DB": self.db_name(system, figure),
             "API_KEY": API_KEY,
             "RATELIMIT_ENABLED": "false",
+            # No maintenance thread (spool replay, sweeps) competing with the measured work.
+            "BACKGROUND_TASKS": "false",
             "SPOOL_DIR": str(spool),
             "PYTHONUNBUFFERED": "1",
         }

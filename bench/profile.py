@@ -10,7 +10,7 @@ sender while `py-spy record` samples the worker (idle stacks included, so time w
 the database shows up as socket reads) and the database server (CPU only), then prints the
 functions holding the most samples, self and inclusive. Raw stacks (py-spy's collapsed
 format, loadable in speedscope) and the summaries are written to bench/results/profiles/.
-For memory, use `--memory`: the workload runs in-process under tracemalloc instead.
+py-spy samples time, not memory: memory figures come from `python -m bench --only memory,download`.
 """
 
 from __future__ import annotations
