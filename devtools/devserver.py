@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 
@@ -38,11 +39,17 @@ def main() -> int:
     print(f"==> serving on http://{bind} (try: curl http://{bind}/healthz); Ctrl-C stops", flush=True)
     argv = [sys.executable, "-m", "gunicorn", "--config", str(processes.REPO_ROOT / "gunicorn.conf.py"),
             "--bind", bind, "--workers", "2", "app:app"]
+    # A plain SIGTERM (systemd, `timeout`, a closing terminal) must still run the clean-up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server = subprocess.Popen(argv, cwd=processes.REPO_ROOT, env=child_env)
     try:
-        return subprocess.call(argv, cwd=processes.REPO_ROOT, env=child_env)
+        return server.wait()
     except KeyboardInterrupt:
         return 0
     finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(30)
         if database:
             database.stop()
 
