@@ -13,6 +13,8 @@ import re
 import secrets
 from typing import Any, Iterator
 
+from .payload import rebuild
+
 SPILL_THRESHOLD = 64 * 1024  # literals at least this long are left in the buffer
 SLICE_BYTES = 1024 * 1024
 # A JSON string literal; outside strings JSON has no '"', so scanning from the start finds
@@ -88,25 +90,10 @@ def _restore(payload: Any, spilled: dict[str, SpilledString]) -> Any:
             for part in payload.get(kind) or []:
                 if isinstance(part, dict) and isinstance(part.get("content"), str) and part["content"] in spilled:
                     part["content"] = spilled[part["content"]]
-    return _as_strings(payload, spilled)
-
-
-def _as_strings(value: Any, spilled: dict[str, SpilledString]) -> Any:
-    if isinstance(value, dict):
-        return {key: _as_strings(item, spilled) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_as_strings(item, spilled) for item in value]
-    if isinstance(value, str) and value in spilled:
-        return spilled[value].text()
-    return value
+    return rebuild(payload, leaf=lambda item: spilled[item].text()
+                   if isinstance(item, str) and item in spilled else item)
 
 
 def plain(value: Any) -> Any:
     """The payload with every SpilledString turned back into a str (to write it elsewhere)."""
-    if isinstance(value, SpilledString):
-        return value.text()
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [plain(item) for item in value]
-    return value
+    return rebuild(value, leaf=lambda item: item.text() if isinstance(item, SpilledString) else item)

@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from email.utils import getaddresses, parseaddr
-from typing import Any
+from typing import Any, Callable
 
 # Fields ImprovMX documents; everything else in a payload is kept as an "extra" field.
 KNOWN_FIELDS = (
@@ -120,49 +120,47 @@ _KEY_ESCAPES = {"%": "%25", ".": "%2E", "\x00": "%00"}
 _KEY_UNESCAPE = re.compile(r"%(25|2E|00|24)")
 
 
+def rebuild(value: Any, key: Callable[[str], str] = str, leaf: Callable[[Any], Any] = lambda item: item) -> Any:
+    """A copy of a JSON-like value with every dict key passed through `key` and every other
+    value through `leaf`: the one walk behind key escaping, surrogate repair and the body
+    parser's string restoration."""
+    if isinstance(value, dict):
+        return {key(name): rebuild(item, key, leaf) for name, item in value.items()}
+    if isinstance(value, list):
+        return [rebuild(item, key, leaf) for item in value]
+    return leaf(value)
+
+
+def _escape_key(name: Any) -> str:
+    escaped = "".join(_KEY_ESCAPES.get(ch, ch) for ch in str(name))
+    return "%24" + escaped[1:] if escaped.startswith("$") else escaped
+
+
 def escape_keys(value: Any) -> Any:
     """Make every dict key storable in MongoDB ('.', '\\0' and a leading '$' are not).
 
     Percent-encoding keeps it reversible; unescape_keys gives the original names back.
     """
-    if isinstance(value, dict):
-        escaped = {}
-        for key, item in value.items():
-            key = str(key)
-            new_key = "".join(_KEY_ESCAPES.get(ch, ch) for ch in key)
-            if new_key.startswith("$"):
-                new_key = "%24" + new_key[1:]
-            escaped[new_key] = escape_keys(item)
-        return escaped
-    if isinstance(value, list):
-        return [escape_keys(item) for item in value]
-    return value
+    return rebuild(value, key=_escape_key)
+
+
+def unescape_keys(value: Any) -> Any:
+    return rebuild(value, key=lambda name: _KEY_UNESCAPE.sub(lambda m: bytes.fromhex(m.group(1)).decode(), name))
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _repair(text: str) -> str:
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def replace_lone_surrogates(value: Any) -> Any:
     """BSON strings must be valid UTF-8; a lone surrogate (a JSON escape like \\udc00 that
     malformed mail can produce) becomes U+FFFD rather than making the message unstorable."""
     if isinstance(value, str):
-        return _LONE_SURROGATE.sub("\ufffd", value)
-    if isinstance(value, dict):
-        return {replace_lone_surrogates(key): replace_lone_surrogates(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [replace_lone_surrogates(item) for item in value]
-    return value
-
-
-def unescape_keys(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {
-            _KEY_UNESCAPE.sub(lambda m: bytes.fromhex(m.group(1)).decode(), key): unescape_keys(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [unescape_keys(item) for item in value]
-    return value
+        return _repair(value)
+    return rebuild(value, key=_repair, leaf=lambda item: _repair(item) if isinstance(item, str) else item)
 
 
 @dataclass
