@@ -115,14 +115,19 @@ class Archive:
             self._indexes_ready = True
 
     def ingest(self, payload: dict[str, Any], *, email_id: ObjectId | None = None,
-               domains: tuple[str, ...] = ()) -> IngestResult:
+               domains: tuple[str, ...] = (), received_at: datetime | None = None,
+               source: str = "webhook") -> IngestResult:
         """Store one payload (idempotently) and return its id.
+
+        `received_at` (default now) and `source` say when and how the message reached the
+        archive: an import keeps an old message's own date so listings and retention see it as old.
 
         Raises RecipientNotAccepted when `domains` is set and no recipient is in them, and
         DatabaseUnavailable when MongoDB cannot take the write, so the caller can spool the
         message or answer 503 for ImprovMX to retry.
         """
         message = normalise(payload)
+        message.derived.update(received_at=received_at or datetime.now(timezone.utc), source=source)
         if not accepts_domains(message, domains):
             raise RecipientNotAccepted()
         try:
@@ -181,7 +186,6 @@ class Archive:
             "extra": escape_keys(message.extra),
             **message.derived,
             "idempotency_key": key,
-            "received_at": datetime.now(timezone.utc),
             "processed": False,
             "size": size,
             "attachment_count": len(records["attachments"]),
