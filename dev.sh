@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Start the service for development on http://127.0.0.1:42010.
 # Without MONGO_URI it also starts an embedded SecantusDB (DEVELOPMENT ONLY: a test server,
-# not a production database) keeping its data in .dev-data/, and makes up an API key.
+# not a production database) keeping its data in .dev-data/, and makes up an API key, which
+# it keeps in .dev-data/api-key for the next commands.
+# `./dev.sh flask ARGS...` runs an operator command against the running dev server's setup.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
 "$ROOT/scripts/bootstrap.sh"
-exec "$ROOT/.venv/bin/python" -m devtools.devserver "$@"
+exec "${VENV:-$ROOT/.venv}/bin/python" -m devtools.devserver "$@"

@@ -84,7 +84,7 @@ elif [[ -f $INSTALLED_ENV ]]; then
 elif [[ -f $SRC_DIR/.env ]]; then
 	ENV_SOURCE=$SRC_DIR/.env
 else
-	die "no configuration: create $SRC_DIR/.env (API_KEY, MONGO_URI, ...; see the README) or pass --env-file FILE"
+	die "no configuration: create $SRC_DIR/.env (API_KEY, MONGO_URI, ...; see docs/operations.md) or pass --env-file FILE"
 fi
 say "configuration: $ENV_SOURCE"
 grep -Eq "^[[:space:]]*(export[[:space:]]+)?API_KEY[[:space:]]*=[[:space:]]*[\"']?[^[:space:]\"'#]" "$ENV_SOURCE" ||
@@ -245,7 +245,7 @@ import json, sys, urllib.request
 with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz", timeout=2) as response:
     sys.exit(json.load(response).get("status") != "ok")
 PY
-		say "done: $UNIT answers on 127.0.0.1:$PORT; point Caddy at it (see the README, Production)"
+		say "done: $UNIT answers on 127.0.0.1:$PORT; point Caddy at it (see docs/operations.md, Production)"
 		exit 0
 	fi
 	sleep 1

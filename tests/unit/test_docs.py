@@ -1,6 +1,7 @@
 """The OpenAPI description matches the real routes, and /docs renders it for people."""
 
 import re
+from pathlib import Path
 
 from improvmx_archive.openapi import build_spec
 
@@ -43,3 +44,23 @@ def test_docs_page_lists_endpoints_with_curl_examples(client):
     for path in build_spec()["paths"]:
         assert f"<code>{path}</code>" in page
     assert "script" not in response.headers["Content-Security-Policy"]
+
+
+REPO = Path(__file__).resolve().parents[2]
+_LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def test_readme_is_a_front_door_and_every_guide_it_links_exists():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) < 100
+    assert "./dev.sh" in readme and "./test.sh" in readme
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for target in _LINK.findall(page.read_text()):
+            if not target.startswith(("http://", "https://")):
+                assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+
+
+def test_quick_start_reads_the_key_where_dev_sh_keeps_it():
+    from devtools import devserver
+
+    assert devserver.API_KEY_FILE.relative_to(REPO).as_posix() in (REPO / "README.md").read_text()

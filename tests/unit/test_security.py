@@ -309,7 +309,7 @@ def test_invalid_security_settings_stop_start_up(name, value, message):
 
 
 def test_security_defaults():
-    """Off by default only because they are per deployment; README ("Security") says turn them on."""
+    """Off by default only because they are per deployment; docs/security.md says turn them on."""
     settings = Settings.from_env({"API_KEY": API_KEY, "MONGO_URI": "mongodb://127.0.0.1:1/"}, dotenv_path=None)
     assert (settings.webhook_secret, settings.webhook_allowed_networks, settings.cors_origins) == ("", (), ())
     assert (settings.trusted_proxy_count, settings.max_body_bytes, settings.ratelimit_enabled) == (1, 70 * 2**20, True)
