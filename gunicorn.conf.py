@@ -130,3 +130,50 @@ class ArchiveLogger(glogging.Logger):
 
 
 logger_class = ArchiveLogger
+
+
+# Prometheus metrics across workers (improvmx_archive/metrics.py): every worker keeps its
+# values in files under PROMETHEUS_MULTIPROC_DIR, which must be empty when the service
+# starts (stale files would add a previous run's counts). Under systemd it is
+# $RUNTIME_DIRECTORY/metrics (tmpfs, removed at stop); elsewhere a fresh temporary
+# directory removed at exit, unless the operator names one.
+_METRICS_TEMPORARY_PREFIX = "improvmx-metrics-"
+
+
+def _metrics_directory() -> str:
+    import tempfile
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        return os.path.join(os.environ["RUNTIME_DIRECTORY"].split(":")[0], "metrics")
+    return tempfile.mkdtemp(prefix=_METRICS_TEMPORARY_PREFIX)
+
+
+def on_starting(server) -> None:
+    """In the master, before the first worker: an empty metrics directory for this run."""
+    directory = _metrics_directory()
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    for name in os.listdir(directory):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(directory, name))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+
+
+def child_exit(server, worker) -> None:
+    """In the master when a worker exits: drop its live gauges from the sums."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    """Remove the metrics directory if on_starting made it (decided by its name, as a HUP
+    re-reads this file and forgets any variable set here)."""
+    import shutil
+    import tempfile
+
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if os.path.dirname(directory) == tempfile.gettempdir() and \
+            os.path.basename(directory).startswith(_METRICS_TEMPORARY_PREFIX):
+        shutil.rmtree(directory, ignore_errors=True)

@@ -15,9 +15,10 @@ from .config import Settings
 from .db import make_client
 from .errors import register_error_handlers
 from .maintenance import start_background_tasks
+from .metrics import ArchiveGauges, register_metrics
 from .ratelimit import register_rate_limits
 from .requestlog import configure_logging, register_request_log
-from .routes import docs, emails, health, webhook
+from .routes import docs, emails, health, metrics, webhook
 from .security import Lockout, register_security
 from .spool import Spool
 
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None, *, mongo_client=None) -> Flask:
     app = Flask(__name__)
     register_config(app, settings)
     register_request_log(app)
+    register_metrics(app)
     register_extensions(app, settings, mongo_client)
     register_blueprints(app)
     register_security(app)
@@ -62,6 +64,7 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
     app.extensions["archive"] = Archive(database)
     app.extensions["lockout"] = Lockout(database)
     app.extensions["spool"] = Spool(settings.spool_dir)
+    app.extensions["archive_gauges"] = ArchiveGauges(database)
     try:
         app.extensions["archive"].ensure_indexes()
     except PyMongoError:
@@ -76,5 +79,5 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    for module in (health, webhook, emails, docs):
+    for module in (health, webhook, emails, docs, metrics):
         app.register_blueprint(module.bp)

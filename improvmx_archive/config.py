@@ -29,6 +29,7 @@ DEFAULT_LIMITS = {
     "RATELIMIT_LIST": "20 per minute",
     "RATELIMIT_DETAIL": "30 per minute",
     "RATELIMIT_DOWNLOAD": "10 per minute",
+    "RATELIMIT_METRICS": "60 per minute",
 }
 
 
@@ -129,6 +130,13 @@ def _background_tasks(env: dict[str, str]) -> str:
         raise ConfigError(f"BACKGROUND_TASKS must be auto, true or false, not {raw!r}") from None
 
 
+def _tokens(env: dict[str, str], name: str) -> tuple[str, ...]:
+    tokens = tuple(_csv(env.get(name)))
+    if any(len(token) < 16 for token in tokens):
+        raise ConfigError(f"{name}: every token must be at least 16 characters long")
+    return tokens
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the app reads from its environment, already validated."""
@@ -150,6 +158,7 @@ class Settings:
     spool_replay_interval: float = 30.0
     background_tasks: str = "auto"  # "auto": only in gunicorn workers; "on"; "off"
     blob_gc_interval: float = 6 * 3600.0  # seconds; 0 turns periodic orphan collection off
+    metrics_tokens: tuple[str, ...] = ()  # empty: any API key may scrape /metrics
     log_level: str = "INFO"
 
     @classmethod
@@ -200,5 +209,6 @@ class Settings:
             spool_replay_interval=_number(env, "SPOOL_REPLAY_INTERVAL", 30, 1),
             background_tasks=_background_tasks(env),
             blob_gc_interval=_number(env, "BLOB_GC_INTERVAL", 6 * 3600, 0),
+            metrics_tokens=_tokens(env, "METRICS_TOKEN"),
             log_level=log_level,
         )

@@ -160,6 +160,14 @@ def build_spec() -> dict[str, Any]:
                 "parameters": [EMAIL_ID, _param("position", "path", {"type": "integer", "minimum": 0},
                                                 "0-based position.")],
                 "responses": DOWNLOAD_RESPONSES}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics of this host, summed over its workers",
+                "description": "Bearer: METRICS_TOKEN when set, otherwise any API key (same lockout). "
+                               "Archive-wide gauges are read from MongoDB at most every 30 s.",
+                "security": BEARER,
+                "responses": {"200": {"description": "Prometheus text exposition format",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}},
+                              **_error_responses(*AUTH_ERRORS)}}},
             "/docs": {"get": {"summary": "This documentation as a web page", "security": [],
                               "responses": {"200": {"description": "HTML"}}}},
             "/openapi.json": {"get": {"summary": "This OpenAPI description", "security": [],

@@ -97,7 +97,7 @@ def _unavailable() -> ApiError:
     return ApiError(503, "Service temporarily unavailable", {"Retry-After": "30"})
 
 
-def _check_api_key() -> None:
+def _check_api_key(keys: tuple[str, ...]) -> None:
     """A block in force wins; a valid key passes; a bad one is counted toward a block.
 
     While MongoDB is down a valid key still passes (so the owner can see GET /'s spool
@@ -105,7 +105,7 @@ def _check_api_key() -> None:
     """
     lockout: Lockout = current_app.extensions["lockout"]
     ip = client_ip()
-    refusal = _credential_refusal(current_app.config["SETTINGS"].api_keys)
+    refusal = _credential_refusal(keys)
     try:
         until = lockout.blocked_until(ip)
     except PyMongoError:
@@ -138,7 +138,21 @@ def require_api_key(view):
 
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        _check_api_key()
+        _check_api_key(current_app.config["SETTINGS"].api_keys)
+        return view(*args, **kwargs)
+
+    wrapper.requires_api_key = True
+    return wrapper
+
+
+def require_metrics_token(view):
+    """Like require_api_key, against METRICS_TOKEN when set (a scraper then holds no key
+    that could read mail), else against the API keys; same lockout."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        settings = current_app.config["SETTINGS"]
+        _check_api_key(settings.metrics_tokens or settings.api_keys)
         return view(*args, **kwargs)
 
     wrapper.requires_api_key = True

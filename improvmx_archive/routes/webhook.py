@@ -16,6 +16,7 @@ from ..body import parse_json_body, plain
 from ..db import DatabaseUnavailable
 from ..spool import SpoolUnavailable
 from ..errors import ApiError
+from ..metrics import count_delivery, ingest_timer
 from ..ratelimit import configured_limit, exempt_from_global_limits, limiter
 from ..security import check_webhook_access, source_is_trusted_sender
 
@@ -83,7 +84,8 @@ def receive(secret: str | None = None):
     archive = current_app.extensions["archive"]
     settings = current_app.config["SETTINGS"]
     try:
-        result = archive.ingest(payload, domains=settings.domains)
+        with ingest_timer():
+            result = archive.ingest(payload, domains=settings.domains)
     except RecipientNotAccepted:
         raise ApiError(422, "No recipient is in a domain this archive accepts (DOMINIO)") from None
     except DatabaseUnavailable:
@@ -97,6 +99,7 @@ def receive(secret: str | None = None):
                   frame.filename.rsplit("/", 1)[-1], frame.lineno)
         return _spool(payload)
     del payload
+    count_delivery("duplicate" if result.duplicate else "stored")
     if result.duplicate:
         log.info("duplicate delivery email_id=%s", result.email_id)
     return jsonify(
@@ -116,6 +119,7 @@ def _spool(payload: dict):
         log.error("database and spool both unavailable; asking ImprovMX to retry")
         raise ApiError(503, "Storage temporarily unavailable; retry later", {"Retry-After": "60"}) from None
     log.warning("spooled email_id=%s", email_id)
+    count_delivery("spooled")
     response = jsonify(success=True, message="Email accepted; it will be archived when the database is back",
                        email_id=str(email_id), duplicate=False, spooled=True)
     response.status_code = 202

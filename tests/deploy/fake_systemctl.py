@@ -2,7 +2,7 @@
 and uninstall_service.sh can be run for real and their unit actually started.
 
 It follows the unit file the installer wrote: ExecStart runs as User=/Group= in
-WorkingDirectory= with Environment=, EnvironmentFile=, UMask= and a StateDirectory= it
+WorkingDirectory= with Environment=, EnvironmentFile=, UMask= and the StateDirectory= and RuntimeDirectory= it
 creates, and `start` waits for READY=1 on NOTIFY_SOCKET as Type=notify does; `reload` runs
 ExecReload= with $MAINPID; `stop` sends SIGTERM to the main process (KillMode=mixed) and
 waits TimeoutStopSec=. enable/disable manage the WantedBy= symlink. Sandboxing settings are
@@ -85,6 +85,12 @@ def start(unit: str) -> None:
         os.chown(state, user.pw_uid, user.pw_gid)
         state.chmod(int(service.get("StateDirectoryMode", "0755"), 8))
         env["STATE_DIRECTORY"] = str(state)
+    if "RuntimeDirectory" in service:
+        runtime = ROOT / "run" / service["RuntimeDirectory"]
+        runtime.mkdir(parents=True, exist_ok=True)
+        os.chown(runtime, user.pw_uid, user.pw_gid)
+        runtime.chmod(int(service.get("RuntimeDirectoryMode", "0755"), 8))
+        env["RUNTIME_DIRECTORY"] = str(runtime)
 
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     address = f"fake-systemd-{uuid.uuid4().hex}"
