@@ -7,6 +7,7 @@ leaves only unreferenced blobs, which a retry reuses and gc_blobs removes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from pymongo.errors import (
     WriteConcernError,
 )
 
+from . import blobrefs
 from .db import ACKNOWLEDGED, DURABLE, DatabaseUnavailable, create_indexes
-from .parts import BlobStore, Decoded, inspect_part
+from .parts import INLINE_DATA, BlobStore, BlobStream, Decoded, inline_stream, inspect_part
 from .payload import (
     Message, Part, accepts_domains, escape_keys, idempotency_key, normalise, replace_lone_surrogates,
     unescape_keys,
@@ -46,7 +48,8 @@ TRANSIENT_CODES = frozenset({6, 7, 89, 91, 134, 189, 262, 9001, 10058, 10107, 11
 TRANSIENT_LABELS = ("RetryableWriteError", "RetryableError", "SystemOverloadedError")
 BODY_INLINE_LIMIT = 1024 * 1024  # larger text/html bodies go to GridFS
 DOCUMENT_LIMIT = 15 * 1024 * 1024  # stay clear of MongoDB's 16 MB document cap
-SUMMARY_EXCLUDE = {"text": 0, "html": 0, "headers": 0, "overflow": 0, "bodies": 0}
+GC_BATCH = 500  # candidate blobs checked per query of the blob_ids index
+SUMMARY_EXCLUDE = {"text": 0, "html": 0, "headers": 0, "overflow": 0, "bodies": 0, "blob_ids": 0}
 
 
 def _database_unavailable(error: PyMongoError) -> bool:
@@ -202,6 +205,7 @@ class Archive:
             encoded_size = len(bson.encode(document))
         if encoded_size > DOCUMENT_LIMIT:
             document = self._overflow(document)
+        document[blobrefs.FIELD] = blobrefs.referenced_blobs(document)
         return document
 
     def _store_text(self, value: str, content_type: str) -> dict[str, Any]:
@@ -287,26 +291,37 @@ class Archive:
             )
         if record is None:
             return None, None
-        return record, self.blobs.stream(record["blob_id"])
+        return record, self.part_stream(record)
+
+    def part_stream(self, record: dict[str, Any]) -> BlobStream | None:
+        """A part's bytes (length and chunks) from its record, wherever they are kept:
+        inline in the message document or in GridFS. None when the blob is gone."""
+        if record.get(INLINE_DATA) is not None:
+            return inline_stream(record[INLINE_DATA])
+        return self.blobs.stream(record["blob_id"])
+
+    def migrate_blob_refs(self, progress=None) -> int:
+        """Give documents stored before `blob_ids` existed their array; returns how many."""
+        return blobrefs.backfill(self.emails, progress)
 
     def gc_blobs(self, grace: timedelta = timedelta(hours=1)) -> int:
         """Delete blobs no message references, older than the grace period (in-flight
-        ingests write blobs before their message). Returns how many were removed."""
+        ingests write blobs before their message). Returns how many were removed.
+
+        Documents from before `blob_ids` existed are given it first; while any is left
+        (a backfill that failed part-way) nothing is collected, since such a document's
+        blobs would look unreferenced.
+        """
+        self.migrate_blob_refs()
+        if blobrefs.unmigrated_count(self.emails):
+            log.warning("orphan collection skipped: some messages still lack blob_ids")
+            return 0
         cutoff = datetime.now(timezone.utc) - grace
         removed = 0
-        for blob in self.database["blobs.files"].find({"uploadDate": {"$lt": cutoff}}, {"_id": 1}):
-            blob_id = blob["_id"]
-            referenced = self.emails.find_one(
-                {"$or": [
-                    {"attachments.blob_id": blob_id},
-                    {"inlines.blob_id": blob_id},
-                    {"bodies.text.blob_id": blob_id},
-                    {"bodies.html.blob_id": blob_id},
-                    {"overflow.blob_id": blob_id},
-                ]},
-                {"_id": 1},
-            )
-            if referenced is None and self.blobs.delete_if_unused(blob_id, cutoff):
-                removed += 1
+        candidates = self.database["blobs.files"].find({"uploadDate": {"$lt": cutoff}}, {"_id": 1})
+        while batch := [blob["_id"] for blob in itertools.islice(candidates, GC_BATCH)]:
+            referenced = blobrefs.still_referenced(self.emails, batch)
+            for blob_id in batch:
+                if blob_id not in referenced and self.blobs.delete_if_unused(blob_id, cutoff):
+                    removed += 1
         return removed
-

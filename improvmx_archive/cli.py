@@ -12,6 +12,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
+from . import blobrefs
 from .db import create_indexes, ping
 from .maintenance import collect_orphans
 from .sample import payload_from_mime, sample_mime
@@ -38,9 +39,16 @@ def check_command():
 @click.command("create-indexes")
 @with_appcontext
 def create_indexes_command():
-    """Create every index the app relies on (idempotent; also done at start-up)."""
-    create_indexes(current_app.extensions["database"])
-    click.echo("ok: indexes created")
+    """Create every index the app relies on (idempotent; also done at start-up), and give
+    messages stored by older versions their blob_ids array."""
+    database = current_app.extensions["database"]
+    create_indexes(database)
+    pending = blobrefs.unmigrated_count(database.emails)
+    migrated = 0
+    if pending:
+        with click.progressbar(length=pending, label="adding blob_ids to older messages") as bar:
+            migrated = blobrefs.backfill(database.emails, progress=bar.update)
+    click.echo(f"ok: indexes created; {migrated} message(s) given blob_ids")
 
 
 @click.command("send-sample")

@@ -32,13 +32,11 @@ EMAIL_INDEXES = [
     IndexModel([("has_attachments", ASCENDING), ("received_at", DESCENDING), ("_id", DESCENDING)],
                name="by_attachments"),
     IndexModel([("subject_trigrams", ASCENDING)], name="by_subject_trigram"),
-    # Let gc_blobs find whether anything still references a blob without a collection scan.
-    IndexModel([("attachments.blob_id", ASCENDING)], name="attachment_blobs"),
-    IndexModel([("inlines.blob_id", ASCENDING)], name="inline_blobs"),
-    IndexModel([("bodies.text.blob_id", ASCENDING)], name="text_blobs", sparse=True),
-    IndexModel([("bodies.html.blob_id", ASCENDING)], name="html_blobs", sparse=True),
-    IndexModel([("overflow.blob_id", ASCENDING)], name="overflow_blobs", sparse=True),
+    # Whether anything still references a blob (deletion, orphan collection): blobrefs.py.
+    IndexModel([("blob_ids", ASCENDING)], name="by_blob"),
 ]
+# Replaced by by_blob; dropped so no write pays for an index no query uses.
+OBSOLETE_EMAIL_INDEXES = ("attachment_blobs", "inline_blobs", "text_blobs", "html_blobs", "overflow_blobs")
 
 
 class DatabaseUnavailable(Exception):
@@ -60,6 +58,8 @@ def make_client(settings: Settings) -> MongoClient:
 def create_indexes(database) -> None:
     """Create every index; safe to run again (MongoDB skips identical existing ones)."""
     database.emails.create_indexes(EMAIL_INDEXES)
+    for name in set(OBSOLETE_EMAIL_INDEXES).intersection(database.emails.index_information()):
+        database.emails.drop_index(name)
     database["blobs.files"].create_index([("metadata.sha256", ASCENDING)], name="by_sha256")
     database["blobs.files"].create_index([("uploadDate", ASCENDING)], name="by_upload_date")
     database["blobs.chunks"].create_index(

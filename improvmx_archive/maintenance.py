@@ -104,6 +104,7 @@ class Maintenance:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_gc = time.monotonic()
+        self._blob_refs_migrated = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="improvmx-maintenance", daemon=True)
@@ -131,6 +132,7 @@ class Maintenance:
     def run_once(self) -> None:
         if not self.ensure_indexes():
             return
+        self.migrate_blob_refs()
         self.replay_spool()
         if self.gc_interval and time.monotonic() >= self._next_gc and not self._stop.is_set():
             self.collect_orphans()
@@ -145,6 +147,16 @@ class Maintenance:
                         "(`flask create-indexes` shows why)", type(error).__name__)
             return False
         return True
+
+    def migrate_blob_refs(self) -> None:
+        """Give messages stored before blob_ids existed their array, once per process (here,
+        not at start-up, so a large archive never holds a booting worker past its timeout)."""
+        if self._blob_refs_migrated:
+            return
+        migrated = self.archive.migrate_blob_refs()
+        if migrated:
+            log.info("gave %d older message(s) their blob_ids", migrated)
+        self._blob_refs_migrated = True
 
     def replay_spool(self) -> None:
         """Replay this host's spool unless another process is already doing it (a pass over

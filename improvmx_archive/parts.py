@@ -130,6 +130,16 @@ class BlobStream:
     chunks: Iterator[bytes]
 
 
+# A part record's field holding the part's bytes when they are kept in the message document.
+INLINE_DATA = "data"
+
+
+def inline_stream(data: bytes) -> BlobStream:
+    """Bytes kept in the message document, served like a blob (a chunk at a time)."""
+    view = memoryview(bytes(data))
+    return BlobStream(len(view), (bytes(view[i:i + CHUNK_BYTES]) for i in range(0, len(view), CHUNK_BYTES)))
+
+
 def _chunks_in_order(cursor, blob_id: ObjectId) -> Iterator[bytes]:
     try:
         for expected, chunk in enumerate(cursor):

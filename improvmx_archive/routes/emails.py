@@ -24,7 +24,7 @@ _FALSE = {"false", "0", "no"}
 _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
 # Shown inline only when a browser cannot run script from it; everything else downloads.
 INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf"}
-INTERNAL_FIELDS = {"idempotency_key", "subject_lower", "subject_trigrams", "to_emails", "recipients", "bodies", "overflow"}
+INTERNAL_FIELDS = {"idempotency_key", "blob_ids", "subject_lower", "subject_trigrams", "to_emails", "recipients", "bodies", "overflow"}
 
 
 def _int_param(name: str, default: int, minimum: int, maximum: int) -> int:

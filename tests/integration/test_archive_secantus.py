@@ -4,6 +4,7 @@ parts, the unique index under concurrent retries, the 16 MB cap, and index-serve
 import hashlib
 import os
 import threading
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -91,3 +92,16 @@ def test_every_filter_and_the_sort_use_an_index(secantus_app, query_string):
     plan = secantus_app.extensions["archive"].page_cursor(query, 0, 10).explain()["queryPlanner"]["winningPlan"]
     stages = _winning_stages(plan)
     assert "COLLSCAN" not in stages and "IXSCAN" in stages, plan
+
+
+def test_orphan_sweep_asks_the_blob_ids_index_on_a_real_server(secantus_app, client):
+    archive = secantus_app.extensions["archive"]
+    database = secantus_app.extensions["database"]
+    stored = [client.post("/webhook", json=message_with_attachment(os.urandom(2_000_000), subject=str(n)))
+              .get_json()["email_id"] for n in range(3)]
+    orphan = archive.blobs.put(iter([b"orphan"]), "0" * 64, 6, "application/octet-stream")
+    database["blobs.files"].update_many({}, {"$set": {"uploadDate": datetime.now(timezone.utc) - timedelta(days=2)}})
+    database.emails.update_one({}, {"$unset": {"blob_ids": ""}})  # one document from an older version
+    assert archive.gc_blobs(timedelta(hours=1)) == 1
+    assert database["blobs.files"].find_one({"_id": orphan}) is None
+    assert database["blobs.files"].count_documents({}) == len(stored)

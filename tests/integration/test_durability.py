@@ -244,8 +244,8 @@ def downloaded_sha256(url: str, email_id: str) -> list[str]:
 
 def referenced_blobs(database) -> set:
     referenced = set()
-    for document in database.emails.find({}, {"attachments.blob_id": 1, "inlines.blob_id": 1}):
-        referenced.update(p["blob_id"] for p in document.get("attachments", []) + document.get("inlines", []))
+    for document in database.emails.find({}, {"blob_ids": 1}):
+        referenced.update(document["blob_ids"])
     return referenced
 
 

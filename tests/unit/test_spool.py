@@ -490,6 +490,9 @@ class _ArchiveOnMongomock:
     def ensure_indexes(self):
         create_indexes(self.database)
 
+    def migrate_blob_refs(self):
+        return 0
+
     def gc_blobs(self, grace):
         self.gc_runs += 1
         return 0
