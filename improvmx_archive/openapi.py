@@ -106,8 +106,13 @@ def build_spec() -> dict[str, Any]:
                     "success": {"const": True}, "message": {"type": "string"},
                     "email_id": {"type": "string"}, "duplicate": {"type": "boolean"},
                     "spooled": {"type": "boolean"}}},
-                "EmailSummary": {"type": "object", "required": ["id"], "additionalProperties": True,
-                                 "properties": {"id": {"type": "string"}, "snippet": {"type": "string"},
+                "EmailSummary": {"type": "object", "required": ["id", "_id"], "additionalProperties": True,
+                                 "properties": {"id": {"type": "string", "description": "The message id: "
+                                                       "the preferred name"},
+                                                "_id": {"type": "string", "description": "The same id under "
+                                                        "the original guide's name, for scripts written "
+                                                        "against it"},
+                                                "snippet": {"type": "string"},
                                                 "received_at": {"type": "string", "format": "date-time"},
                                                 "processed": {"type": "boolean"},
                                                 "attachments": {"type": "array", "items": {"type": "object"}}}},
@@ -140,7 +145,12 @@ def build_spec() -> dict[str, Any]:
             "/emails/{email_id}": {
                 "get": {"summary": "One whole message, with part metadata and download URLs", "security": BEARER,
                         "parameters": [EMAIL_ID],
-                        "responses": {"200": {"description": "The message"}, **_error_responses(*AUTH_ERRORS, 404)}},
+                        "responses": {"200": {"description": "The message with its bodies and headers",
+                                              "content": {"application/json": {"schema": {
+                                                  "type": "object", "properties": {
+                                                      "success": {"const": True},
+                                                      "email": {"$ref": "#/components/schemas/EmailSummary"}}}}}},
+                                      **_error_responses(*AUTH_ERRORS, 404)}},
                 "patch": {"summary": "Mark a message processed or not", "security": BEARER,
                           "parameters": [EMAIL_ID],
                           "requestBody": {"required": True, "content": {"application/json": {"schema": {

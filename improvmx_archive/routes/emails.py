@@ -132,9 +132,12 @@ def _part_view(email_id: str, record: dict[str, Any], position: int) -> dict[str
 
 
 def present(document: dict[str, Any]) -> dict[str, Any]:
-    """A stored document as the API shows it: ids and dates as strings, parts with URLs."""
+    """A stored document as the API shows it: ids and dates as strings, parts with URLs.
+
+    The id is sent as `id` (preferred) and, with the same value, as `_id`, the name the
+    original guide's answers used, so scripts written against it keep working."""
     email_id = str(document["_id"])
-    shown = {"id": email_id}
+    shown = {"id": email_id, "_id": email_id}
     for key, value in document.items():
         if key == "_id" or key in INTERNAL_FIELDS or key in ("attachments", "inlines"):
             continue

@@ -225,3 +225,11 @@ def test_download_with_a_missing_chunk_fails_instead_of_sending_wrong_bytes(app,
     app.extensions["database"]["blobs.chunks"].delete_one({"n": 1})
     with pytest.raises(Exception, match="chunk 1 missing"):
         client.get(f"/emails/{email_id}/attachments/0", headers=auth).get_data()
+
+
+def test_scripts_reading_the_original_guides_underscore_id_still_work(client, auth, sample_payload):
+    """The original guide's answers named the id `_id`; ours prefers `id` and sends both."""
+    email_id = client.post("/webhook", json=sample_payload).get_json()["email_id"]
+    item = client.get("/emails", headers=auth).get_json()["emails"][0]
+    detail = client.get(f"/emails/{item['_id']}", headers=auth).get_json()["email"]
+    assert item["id"] == item["_id"] == detail["id"] == detail["_id"] == email_id
