@@ -1,0 +1,110 @@
+"""The sanitiser on its own: what hostile HTML loses, what newsletters keep."""
+
+from __future__ import annotations
+
+import pytest
+
+from improvmx_archive.ui.sanitize import clean_html, clean_style
+
+INLINE = "https://archive.test/ui/emails/E/inline/G/3"
+
+
+def clean(html: str) -> str:
+    return clean_html(html, lambda cid: INLINE if cid == "logo@example.org" else None).html
+
+
+@pytest.mark.parametrize("hostile", [
+    "<script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>",
+    "<body onload=alert(1)>",
+    "<a href=\"javascript:alert(1)\">x</a>",
+    "<a href=\" JaVaScRiPt:alert(1)\">x</a>",
+    "<a href=\"data:text/html,<script>alert(1)</script>\">x</a>",
+    "<form action=\"https://evil.example/\"><input name=p><button>go</button></form>",
+    "<iframe src=\"https://evil.example/\"></iframe>",
+    "<object data=\"x.swf\"></object><embed src=\"x.swf\">",
+    "<base href=\"https://evil.example/\">",
+    "<meta http-equiv=\"refresh\" content=\"0;url=https://evil.example/\">",
+    "<link rel=stylesheet href=\"https://evil.example/a.css\">",
+    "<svg><script>alert(1)</script><image href=\"https://evil.example/p.png\"/></svg>",
+    "<math><mtext><img src=x onerror=alert(1)></mtext></math>",
+    "<div style=\"background:url(https://evil.example/p.png)\">x</div>",
+    "<style>@import 'https://evil.example/a.css'; body{background:url(https://evil.example/p)}</style>",
+    "<video poster=\"https://evil.example/p.png\"></video><audio src=\"https://evil.example/a\"></audio>",
+    "<input type=image src=\"https://evil.example/p.png\">",
+    "<table background=\"https://evil.example/p.png\"><tr><td>x</td></tr></table>",
+    "<img srcset=\"https://evil.example/p.png 1x\">",
+])
+def test_nothing_that_runs_or_fetches_survives(hostile):
+    cleaned = clean(hostile).lower()
+    for marker in ("<script", "onerror", "onload", "javascript:", "<form", "<input", "<iframe", "<object",
+                   "<embed", "<base", "<meta", "<link", "<svg", "url(", "@import", "evil.example", "srcset",
+                   "poster", "background="):
+        assert marker not in cleaned, (hostile, cleaned)
+
+
+def test_script_and_style_content_is_dropped_not_shown_as_text():
+    assert clean("<title>T</title><style>p{color:red}</style><script>x=1</script><p>hi</p>") == "<p>hi</p>"
+
+
+def test_newsletter_layout_survives():
+    html = ('<table width="600" cellpadding="0" style="border-collapse: collapse; background-color: #fafafa">'
+            '<tr><td align="center" style="padding: 12px 24px; font-family: Arial, sans-serif; color: #333">'
+            '<font color="#ff0000">Sale</font></td></tr></table>')
+    cleaned = clean(html)
+    for kept in ('width="600"', 'cellpadding="0"', "border-collapse: collapse", "background-color: #fafafa",
+                 'align="center"', "padding: 12px 24px", "font-family: Arial, sans-serif", '<font color="#ff0000">'):
+        assert kept in cleaned, kept
+
+
+@pytest.mark.parametrize("value", [
+    "background: url(https://evil.example/p.png)",
+    "background: URL( 'https://evil.example/p.png' )",
+    "background: u\\72l(https://evil.example/p.png)",
+    "width: expression(alert(1))",
+    "width: expr/**/ession(alert(1))",
+    "width: exp\\ression(alert(1))",
+    "background-image: image-set('https://evil.example/p.png' 1x)",
+    "background-image: -webkit-image-set('https://evil.example/p.png' 1x)",
+    "list-style: cross-fade(url(a), url(b))",
+    "behavior: url(x.htc)",
+    "-moz-binding: url(x.xml#xss)",
+    "@import 'https://evil.example/a.css'",
+    "--x: url(https://evil.example/p.png)",
+    "background: var(--x)",
+])
+def test_style_declarations_that_fetch_or_run_are_dropped(value):
+    assert clean_style(f"color: red; {value}; margin: 0") == "color: red; margin: 0"
+
+
+def test_style_filter_output_is_escaped_in_the_attribute():
+    cleaned = clean('<p style="font-family: &quot;x&quot;&gt;&lt;script&gt;">t</p>')
+    assert "<script" not in cleaned
+
+
+def test_links_open_a_new_tab_without_opener_or_referrer():
+    cleaned = clean('<a href="https://example.org/offer">offer</a><a href="mailto:a@example.org">mail</a>')
+    assert cleaned.count('target="_blank"') == 2
+    assert cleaned.count('rel="noopener noreferrer"') == 2
+    assert 'href="https://example.org/offer"' in cleaned and 'href="mailto:a@example.org"' in cleaned
+
+
+def test_relative_links_are_dropped():
+    assert "href" not in clean('<a href="/ui/logout">x</a><a href="../x">y</a>')
+
+
+def test_cid_images_point_at_the_archive_and_unknown_cids_are_dropped():
+    cleaned = clean('<img src="cid:logo@example.org"><img src="cid:other@example.org">')
+    assert cleaned == f'<img src="{INLINE}"><img>'
+
+
+def test_remote_images_are_kept_and_counted_for_the_frame_policy_to_block():
+    result = clean_html('<img src="https://tracker.example/p.gif"><img src="http://t.example/q">', lambda cid: None)
+    assert result.remote_images == 2
+    assert 'src="https://tracker.example/p.gif"' in result.html
+
+
+def test_only_data_urls_of_raster_images_are_kept():
+    result = clean('<img src="data:image/png;base64,iVBORw0KGgo="><img src="data:image/svg+xml,<svg onload=alert(1)>">'
+                   '<img src="data:text/html;base64,PHNjcmlwdD4=">')
+    assert result == '<img src="data:image/png;base64,iVBORw0KGgo="><img><img>'
