@@ -21,6 +21,7 @@ from .requestlog import configure_logging, register_request_log
 from .routes import docs, emails, health, metrics, webhook
 from .security import Lockout, register_security
 from .spool import Spool
+from .ui import register_ui
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None, *, mongo_client=None) -> Flask:
     register_metrics(app)
     register_extensions(app, settings, mongo_client)
     register_blueprints(app)
+    register_ui(app, settings)
     register_security(app)
     register_error_handlers(app)
     register_commands(app)

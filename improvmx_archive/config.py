@@ -30,6 +30,7 @@ DEFAULT_LIMITS = {
     "RATELIMIT_DETAIL": "30 per minute",
     "RATELIMIT_DOWNLOAD": "10 per minute",
     "RATELIMIT_METRICS": "60 per minute",
+    "RATELIMIT_UI": "300 per minute",
 }
 
 
@@ -159,6 +160,8 @@ class Settings:
     background_tasks: str = "auto"  # "auto": only in gunicorn workers; "on"; "off"
     blob_gc_interval: float = 6 * 3600.0  # seconds; 0 turns periodic orphan collection off
     metrics_tokens: tuple[str, ...] = ()  # empty: any API key may scrape /metrics
+    ui_enabled: bool = True
+    ui_session_hours: float = 12.0
     log_level: str = "INFO"
 
     @classmethod
@@ -210,5 +213,7 @@ class Settings:
             background_tasks=_background_tasks(env),
             blob_gc_interval=_number(env, "BLOB_GC_INTERVAL", 6 * 3600, 0),
             metrics_tokens=_tokens(env, "METRICS_TOKEN"),
+            ui_enabled=_flag(env, "UI_ENABLED", True),
+            ui_session_hours=_number(env, "UI_SESSION_HOURS", 12, 0.1),
             log_level=log_level,
         )

@@ -70,6 +70,7 @@ def create_indexes(database) -> None:
     )
     database.auth_failures.create_index([("ip", ASCENDING), ("at", ASCENDING)], name="by_ip")
     database.auth_blocks.create_index([("until", ASCENDING)], name="expire_blocks", expireAfterSeconds=0)
+    database.ui_sessions.create_index([("expires_at", ASCENDING)], name="expire_sessions", expireAfterSeconds=0)
 
 
 def ping(client: MongoClient) -> bool:

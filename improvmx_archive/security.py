@@ -62,7 +62,7 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _retry_after(until: datetime) -> dict[str, str]:
+def retry_after(until: datetime) -> dict[str, str]:
     seconds = max(1, math.ceil((until - datetime.now(timezone.utc)).total_seconds()))
     return {"Retry-After": str(seconds)}
 
@@ -118,7 +118,7 @@ def _check_api_key(keys: tuple[str, ...]) -> None:
         raise _unavailable() from None
     if until:
         log.warning("refused blocked ip=%s path=%s", ip, request.path)
-        raise ApiError(429, LOCKED_OUT_MESSAGE, _retry_after(until))
+        raise ApiError(429, LOCKED_OUT_MESSAGE, retry_after(until))
     if refusal is None:
         return
     error, counted = refusal
@@ -194,6 +194,19 @@ def check_webhook_access(secret: str | None) -> None:
 
 CSP_API = "default-src 'none'; frame-ancestors 'none'; sandbox"
 CSP_DOCS = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+# The web UI's own pages: script and style only from our origin, message HTML only in frames.
+CSP_UI = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+          "frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
+
+
+def csp_message_frame(part_prefix: str, remote: bool) -> str:
+    """A sender's HTML: no script, no forms, no plugins; images and fonts only from this
+    message's own parts (part_prefix, an absolute URL prefix) or data:, plus any http(s)
+    source when the reader asked for remote content. Links may open a new tab."""
+    sources = f"{part_prefix} data:" + (" http: https:" if remote else "")
+    return ("sandbox allow-popups allow-popups-to-escape-sandbox; default-src 'none'; "
+            f"style-src 'unsafe-inline'; img-src {sources}; font-src {sources}; "
+            "frame-ancestors 'self'; base-uri 'none'; form-action 'none'")
 
 
 def _security_headers(response):

@@ -201,9 +201,13 @@ def content_disposition(disposition: str, filename: str) -> str:
     return f"{disposition}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-def _download(email_id: str, *, name: str | None = None, position: int | None = None):
+def part_response(email_id: str, *, name: str | None = None, position: int | None = None,
+                  only_types: frozenset[str] | None = None):
+    """A part's bytes under the download rules: only INLINE_TYPES may display in the browser,
+    anything else (HTML, SVG, unknown) downloads; text gets a charset. The API and the UI
+    both serve parts through here. only_types: 404 for any other content type."""
     record, blob = current_app.extensions["archive"].part(email_id, name=name, position=position)
-    if record is None:
+    if record is None or (only_types is not None and str(record.get("type") or "").lower() not in only_types):
         raise ApiError(404, "Attachment not found")
     if blob is None:
         current_app.logger.error("blob missing for email_id=%s part=%s", email_id, record.get("sha256"))
@@ -227,12 +231,12 @@ def _download(email_id: str, *, name: str | None = None, position: int | None = 
 @require_api_key
 @limiter.limit(configured_limit("RATELIMIT_DOWNLOAD"))
 def download_by_name(email_id: str, name: str):
-    return _download(email_id, name=name)
+    return part_response(email_id, name=name)
 
 
 @bp.get("/emails/<email_id>/attachments/<int:position>")
 @require_api_key
 @limiter.limit(configured_limit("RATELIMIT_DOWNLOAD"))
 def download_by_position(email_id: str, position: int):
-    return _download(email_id, position=position)
+    return part_response(email_id, position=position)
 

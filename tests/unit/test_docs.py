@@ -6,10 +6,13 @@ from pathlib import Path
 from improvmx_archive.openapi import build_spec
 
 
+UI_PREFIX = "/ui/"  # the web UI's HTML pages are not API operations; /docs links to them instead
+
+
 def _app_routes(app):
     routes = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or rule.rule.startswith(UI_PREFIX):
             continue
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
         for method in rule.methods - {"HEAD", "OPTIONS"}:

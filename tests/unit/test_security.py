@@ -29,7 +29,10 @@ TOO_LARGE = {"success": False, "error": "Request body too large"}
 SECRET = "s3cret-path-0123456789"
 IMPROVMX_IP = "15.237.103.194"
 ATTACKER = "198.51.100.66"
-PUBLIC_ENDPOINTS = {"health.liveness", "health.readiness", "webhook.receive", "docs.docs", "docs.openapi", "static"}
+PUBLIC_ENDPOINTS = {"health.liveness", "health.readiness", "webhook.receive", "docs.docs", "docs.openapi", "static",
+                    # The UI's sign-in and its assets; inline_part is authorised by a session
+                    # grant in its URL (tests/unit/test_ui_sessions.py).
+                    "ui.login", "ui.login_submit", "ui.static", "ui.inline_part"}
 BEARER = {"Authorization": f"Bearer {API_KEY}"}
 BAD_KEY = {"Authorization": "Bearer not-the-key-but-long-enough"}
 
@@ -51,10 +54,11 @@ def stored_id(client, sample_payload):
 # --- bearer keys ----------------------------------------------------------------------------
 
 def test_every_route_but_the_public_ones_requires_the_key(app):
-    """A new route is closed unless it is deliberately listed as public here."""
+    """A new route is closed (a bearer key, or a UI session) unless deliberately listed here."""
     for rule in app.url_map.iter_rules():
         view = app.view_functions[rule.endpoint]
-        assert getattr(view, "requires_api_key", False) == (rule.endpoint not in PUBLIC_ENDPOINTS), rule
+        guarded = getattr(view, "requires_api_key", False) or getattr(view, "requires_ui_session", False)
+        assert guarded == (rule.endpoint not in PUBLIC_ENDPOINTS), rule
 
 
 @pytest.mark.parametrize("method,path", [

@@ -1,0 +1,108 @@
+"""The UI blueprint and what every UI request shares: CSRF on every POST, the session guard,
+the UI's response headers and its readable error pages."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
+from flask_limiter import ExemptionScope
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from pymongo.errors import PyMongoError
+from werkzeug.exceptions import HTTPException
+
+from ..db import DatabaseUnavailable
+from ..errors import MESSAGES, ApiError
+from ..ratelimit import configured_limit, limiter
+from ..security import CSP_UI
+from .sessions import COOKIE_NAME
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates", static_folder="static")
+csrf = CSRFProtect()
+
+# The UI answers to its own limit (a page loads its frame, images, stylesheet and script),
+# not to RATELIMIT_GLOBAL, which is sized for API clients.
+limiter.exempt(bp, flags=ExemptionScope.APPLICATION)
+limiter.limit(configured_limit("RATELIMIT_UI"))(bp)
+
+
+@bp.before_request
+def _refuse_cross_site_posts():
+    """Every state change is a POST carrying the form's CSRF token; a browser that says the
+    request comes from another site is refused before the token is even looked at."""
+    if request.method != "POST":
+        return
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+        log.warning("cross-site UI POST refused path=%s", request.path)
+        return render_error(403, "This form was submitted from another site, so nothing was changed.")
+    csrf.protect()
+
+
+@bp.after_request
+def _ui_headers(response):
+    """The UI's pages get the UI policy (the message frame sets its own first; downloads keep
+    the API's). Referrer same-origin lets Flask-WTF check the Referer of HTTPS form posts and
+    leaks nothing to other sites."""
+    if response.mimetype == "text/html" and "Content-Disposition" not in response.headers:
+        response.headers.setdefault("Content-Security-Policy", CSP_UI)
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.vary.add("Cookie")
+    return response
+
+
+def signed_in(view):
+    """Decorator: the view runs only within a live session (g.ui_session); otherwise the
+    reader is sent to the sign-in page and comes back afterwards."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        session = current_app.extensions["ui_sessions"].resume(request.cookies.get(COOKIE_NAME))
+        if session is None:
+            if request.method == "GET":
+                return redirect(url_for("ui.login", next=request.full_path.rstrip("?")))
+            return render_error(401, "Your session has ended. Sign in again, then repeat what you did.")
+        g.ui_session = session
+        return view(*args, **kwargs)
+
+    wrapper.requires_ui_session = True
+    return wrapper
+
+
+def render_error(status: int, message: str, headers: dict[str, str] | None = None):
+    return render_template("ui/error.html", status=status, title=MESSAGES.get(status, "Error"),
+                           message=message), status, headers or {}
+
+
+@bp.errorhandler(CSRFError)
+def _csrf_error(error: CSRFError):
+    log.warning("UI POST without a valid CSRF token path=%s reason=%s", request.path, error.description)
+    return render_error(400, "This form has expired or did not come from this site, so nothing was "
+                             "changed. Reload the page and try again.")
+
+
+@bp.errorhandler(ApiError)
+def _api_error(error: ApiError):
+    return render_error(error.status, error.message, error.headers)
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(error: HTTPException):
+    status = error.code or 500
+    return render_error(status, MESSAGES.get(status, error.name))
+
+
+@bp.errorhandler(DatabaseUnavailable)
+@bp.errorhandler(PyMongoError)
+def _database_error(error: Exception):
+    log.error("UI request failed: database unavailable (%s)", type(error).__name__)
+    return render_error(503, "The archive's database is not reachable right now. Try again in a minute.",
+                        {"Retry-After": "30"})
+
+
+@bp.errorhandler(Exception)
+def _unexpected(error: Exception):
+    log.exception("unhandled error in the UI")
+    return render_error(500, "Something went wrong on our side. The error has been logged.")

@@ -1,0 +1,185 @@
+"""One message: its page, the sandboxed frame its HTML is shown in, and its parts.
+
+The frame is a document of its own under a CSP that forbids script, forms and every fetch
+except this message's inline parts (and remote images once the reader asks). A sandboxed
+frame has an opaque origin, so the browser sends no SameSite cookie with the frame's image
+requests: inline parts are served on a grant in the URL instead, an HMAC over the session
+and message, honoured only while that session lives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from typing import Any
+
+from flask import current_app, g, make_response, redirect, render_template, request, url_for
+from markupsafe import Markup, escape
+
+from ..archive import Archive
+from ..errors import ApiError
+from ..payload import header_values, parse_address_list
+from ..routes.emails import INTERNAL_FIELDS, part_response, present
+from ..security import csp_message_frame
+from .auth import safe_next
+from .blueprint import bp, signed_in
+from .inbox import list_args, list_query
+from .sanitize import clean_html
+from .verdicts import verdicts
+
+TABS = ("html", "text", "headers", "source")
+# What an <img> in the frame may load from the message's own parts.
+FRAME_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+_HOST = re.compile(r"^[A-Za-z0-9.:\[\]-]+$")
+_URL = re.compile(r"\bhttps?://[^\s<>\"'()]+[^\s<>\"'().,;:!?]", re.I)
+
+
+def _found(document):
+    if document is None:
+        raise ApiError(404, "This message does not exist (or was deleted).")
+    return document
+
+
+def inline_grant(session_id: str, email_id: str) -> str:
+    signature = hmac.new(current_app.secret_key, f"inline:{session_id}:{email_id}".encode(),
+                         hashlib.sha256).hexdigest()[:32]
+    return f"{session_id}.{signature}"
+
+
+def _grant_is_live(grant: str, email_id: str) -> bool:
+    session_id, _, _ = grant.partition(".")
+    if not hmac.compare_digest(grant.encode(), inline_grant(session_id, email_id).encode()):
+        return False
+    return current_app.extensions["ui_sessions"].by_id(session_id) is not None
+
+
+def _origin() -> str:
+    host = request.host if _HOST.match(request.host) else "localhost"
+    return f"{request.scheme}://{host}"
+
+
+def linkify(text: str) -> Markup:
+    """Escaped text whose http(s) URLs are links opening in a new tab without a referrer."""
+    pieces, last = [], 0
+    for match in _URL.finditer(text):
+        url = match.group(0)
+        pieces += [escape(text[last:match.start()]),
+                   Markup('<a href="{0}" target="_blank" rel="noopener noreferrer">{0}</a>').format(url)]
+        last = match.end()
+    pieces.append(escape(text[last:]))
+    return Markup("").join(pieces)
+
+
+def _header_rows(headers: Any) -> list[tuple[str, str]]:
+    if not isinstance(headers, dict):
+        return []
+    rows = []
+    for name, value in sorted(headers.items(), key=lambda item: str(item[0]).lower()):
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict) and "email" in item:
+                item = f"{item.get('name') or ''} <{item['email']}>".strip()
+            rows.append((str(name), item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)))
+    return rows
+
+
+def _addresses(value: Any) -> list[dict[str, Any]]:
+    """Address objects from whatever shape the payload used (objects, strings, lists)."""
+    return parse_address_list(value)[0]
+
+
+def _neighbours(index: int | None) -> tuple[dict | None, dict | None]:
+    """The messages before and after this one in the list it was opened from."""
+    if index is None:
+        return None, None
+    archive: Archive = current_app.extensions["archive"]
+    query = list_query()
+    start = max(0, index - 1)
+    window = [doc for doc in archive.page_cursor(query, start, 3 if index else 2)]
+    before = window[0] if index and window else None
+    after = window[2 if index else 1] if len(window) > (2 if index else 1) else None
+    return before, after
+
+
+def _index_arg() -> int | None:
+    raw = request.args.get("i", "")
+    return int(raw) if raw.isdigit() and int(raw) < 10_000_000 else None
+
+
+@bp.get("/emails/<email_id>")
+@signed_in
+def message(email_id: str):
+    archive: Archive = current_app.extensions["archive"]
+    document = _found(archive.find(email_id))
+    shown = present(document)
+    tab = request.args.get("tab") or ("html" if document.get("html") else "text")
+    if tab not in TABS:
+        tab = "html"
+    index = _index_arg()
+    before, after = _neighbours(index)
+    current = list_args(request.args)
+    source = {key: value for key, value in shown.items() if key not in INTERNAL_FIELDS}
+    return render_template(
+        "ui/message.html", email=shown, document=document, tab=tab, current=current, index=index,
+        before=before, after=after, verdicts=verdicts(document),
+        reply_to=_addresses(header_values(document.get("headers"), "Reply-To")),
+        to=_addresses(document.get("to")), cc=_addresses(document.get("cc")),
+        sender=_addresses(document.get("from")),
+        text=linkify(document["text"]) if isinstance(document.get("text"), str) else None,
+        header_rows=_header_rows(document.get("headers")),
+        source=json.dumps(source, indent=2, ensure_ascii=False, default=str),
+        remote=request.args.get("remote") == "1",
+        back=request.full_path.rstrip("?"),
+    )
+
+
+@bp.get("/emails/<email_id>/frame")
+@signed_in
+def frame(email_id: str):
+    archive: Archive = current_app.extensions["archive"]
+    document = _found(archive.find(email_id))
+    shown = present(document)
+    grant = inline_grant(g.ui_session.id, email_id)
+    first_part = url_for("ui.inline_part", email_id=email_id, grant=grant, position=0)
+    prefix = _origin() + first_part.rsplit("/", 1)[0] + "/"
+    by_cid = {str(part.get("cid", "")).strip("<>"): part["position"] for part in shown["inlines"] if part.get("cid")}
+
+    def inline_url(cid: str) -> str | None:
+        position = by_cid.get(cid)
+        return f"{prefix}{position}" if position is not None else None
+
+    remote = request.args.get("remote") == "1"
+    cleaned = clean_html(document.get("html") or "", inline_url)
+    page = render_template("ui/frame.html", body=Markup(cleaned.html))
+    response = make_response(page)
+    response.headers["Content-Security-Policy"] = csp_message_frame(prefix, remote)
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+@bp.get("/emails/<email_id>/inline/<grant>/<int:position>")
+def inline_part(email_id: str, grant: str, position: int):
+    """An inline image for the sandboxed frame (opaque origin, so no cookie and a
+    cross-origin fetch): authorised by the grant, images only."""
+    if len(grant) > 200 or not _grant_is_live(grant, email_id):
+        raise ApiError(404, "Attachment not found")
+    response = part_response(email_id, position=position, only_types=FRAME_IMAGE_TYPES)
+    response.headers["Cross-Origin-Resource-Policy"] = "cross-origin"
+    return response
+
+
+@bp.get("/emails/<email_id>/parts/<int:position>")
+@signed_in
+def download_part(email_id: str, position: int):
+    return part_response(email_id, position=position)
+
+
+@bp.post("/emails/<email_id>/processed")
+@signed_in
+def mark(email_id: str):
+    processed = request.form.get("processed") == "true"
+    _found(current_app.extensions["archive"].set_processed(email_id, processed))
+    return redirect(safe_next(request.form.get("back")) if request.form.get("back") else
+                    url_for("ui.message", email_id=email_id), 303)

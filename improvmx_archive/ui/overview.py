@@ -1,0 +1,43 @@
+"""The overview: mail per day, storage, senders, processed share and the outage spool."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from flask import current_app, render_template
+
+from .blueprint import bp, signed_in
+from .stats import DAYS_CHARTED, biggest_senders, messages_per_day, processed_counts, storage
+
+CHART_WIDTH, CHART_HEIGHT = 600, 160
+
+
+def _chart(days: list[tuple[datetime, int]]) -> dict:
+    """Bar geometry for the server-rendered SVG (no chart library, no script)."""
+    peak = max((count for _, count in days), default=0) or 1
+    slot = CHART_WIDTH / len(days)
+    bars = []
+    for number, (day, count) in enumerate(days):
+        height = round(count / peak * (CHART_HEIGHT - 20), 1)
+        bars.append({"x": round(number * slot + 1, 1), "width": round(slot - 2, 1), "height": height,
+                     "y": round(CHART_HEIGHT - height, 1), "day": day, "count": count})
+    return {"bars": bars, "peak": peak, "width": CHART_WIDTH, "height": CHART_HEIGHT}
+
+
+@bp.get("/overview")
+@signed_in
+def overview():
+    database = current_app.extensions["database"]
+    emails = database.emails
+    cache = current_app.extensions["ui_stats"]
+    since = datetime.now(timezone.utc) - timedelta(days=DAYS_CHARTED)
+    days = cache.get("per_day", lambda: messages_per_day(emails))
+    return render_template(
+        "ui/overview.html",
+        chart=_chart(days),
+        total_month=sum(count for _, count in days),
+        storage=cache.get("storage", lambda: storage(database)),
+        senders=cache.get("senders", lambda: biggest_senders(emails, since)),
+        counts=processed_counts(emails),
+        spool=current_app.extensions["spool"].status(),
+    )

@@ -1,0 +1,103 @@
+"""What the inbox sidebar and the overview count, each query bounded by an index or a window
+and its answer kept a few minutes per worker, so a busy page never rescans the archive."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from pymongo import DESCENDING
+
+CACHE_SECONDS = 300
+ALIAS_SAMPLE = 20_000  # newest messages whose recipients make up the sidebar's alias list
+ALIASES_SHOWN = 30
+DAYS_CHARTED = 30
+SENDERS_SHOWN = 10
+
+
+class TimedCache:
+    """Values computed at most once per `seconds` per key; shared by a worker's threads."""
+
+    def __init__(self, seconds: float = CACHE_SECONDS):
+        self.seconds = seconds
+        self._values: dict[str, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, compute: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        with self._lock:
+            found = self._values.get(key)
+        if found and now - found[0] < self.seconds:
+            return found[1]
+        value = compute()
+        with self._lock:
+            self._values[key] = (now, value)
+        return value
+
+
+def _in_domains(address: str, domains: tuple[str, ...]) -> bool:
+    domain = address.rsplit("@", 1)[-1]
+    return not domains or any(domain == d or domain.endswith("." + d) for d in domains)
+
+
+def recipient_aliases(emails, domains: tuple[str, ...]) -> list[tuple[str, int]]:
+    """The archive's own addresses with how many messages each received.
+
+    Which addresses: the most frequent among the newest ALIAS_SAMPLE messages (in DOMINIO
+    when it is set, so a Cc'd outsider is not an alias). Their counts: exact, one indexed
+    count each on by_recipient.
+    """
+    sample = emails.aggregate([
+        {"$sort": {"received_at": DESCENDING, "_id": DESCENDING}},
+        {"$limit": ALIAS_SAMPLE},
+        {"$project": {"recipients": 1}},
+        {"$unwind": "$recipients"},
+        {"$group": {"_id": "$recipients", "seen": {"$sum": 1}}},
+        {"$sort": {"seen": DESCENDING, "_id": 1}},
+    ])
+    addresses = [row["_id"] for row in sample if isinstance(row["_id"], str) and _in_domains(row["_id"], domains)]
+    counted = [(address, emails.count_documents({"recipients": address})) for address in addresses[:ALIASES_SHOWN]]
+    return sorted(counted, key=lambda item: (-item[1], item[0]))
+
+
+def messages_per_day(emails, today: datetime | None = None) -> list[tuple[datetime, int]]:
+    """(UTC day, messages received) for the last DAYS_CHARTED days, oldest first: one
+    indexed range count per day on newest_first."""
+    end = (today or datetime.now(timezone.utc)).replace(hour=0, minute=0, second=0, microsecond=0)
+    days = [end - timedelta(days=offset) for offset in range(DAYS_CHARTED - 1, -1, -1)]
+    return [(day, emails.count_documents({"received_at": {"$gte": day, "$lt": day + timedelta(days=1)}}))
+            for day in days]
+
+
+def storage(database) -> dict[str, int]:
+    """Bytes held for bodies and for parts as received, and what GridFS really keeps (each
+    distinct part once): the difference is what deduplication saved."""
+    rows = list(database.emails.aggregate([
+        {"$project": {"size": 1, "parts": {"$add": [{"$sum": "$attachments.size"}, {"$sum": "$inlines.size"}]}}},
+        {"$group": {"_id": None, "total": {"$sum": "$size"}, "parts": {"$sum": "$parts"}}},
+    ]))
+    total = rows[0]["total"] if rows else 0
+    parts = rows[0]["parts"] if rows else 0
+    stored = list(database["blobs.files"].aggregate([{"$group": {"_id": None, "bytes": {"$sum": "$length"}}}]))
+    blob_bytes = stored[0]["bytes"] if stored else 0
+    return {"bodies": max(0, total - parts), "attachments": parts, "blob_bytes": blob_bytes,
+            "dedup_saved": max(0, parts - blob_bytes)}
+
+
+def biggest_senders(emails, since: datetime) -> list[dict[str, Any]]:
+    """Senders with the most messages since `since` (a window, so the cost stays bounded)."""
+    return list(emails.aggregate([
+        {"$match": {"received_at": {"$gte": since}}},
+        {"$group": {"_id": "$from_email", "messages": {"$sum": 1}, "bytes": {"$sum": "$size"}}},
+        {"$sort": {"messages": DESCENDING, "_id": 1}},
+        {"$limit": SENDERS_SHOWN},
+    ]))
+
+
+def processed_counts(emails) -> dict[str, int]:
+    total = emails.estimated_document_count()
+    processed = emails.count_documents({"processed": True})
+    return {"total": total, "processed": processed, "unprocessed": max(0, total - processed)}
