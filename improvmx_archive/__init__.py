@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from flask import Flask
 from flask_cors import CORS
@@ -16,6 +17,7 @@ from .db import make_client
 from .errors import register_error_handlers
 from .maintenance import start_background_tasks
 from .metrics import ArchiveGauges, register_metrics
+from .notify import Outbox
 from .ratelimit import register_rate_limits
 from .requestlog import configure_logging, register_request_log
 from .routes import docs, emails, health, metrics, webhook
@@ -63,10 +65,12 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
     database = client[settings.mongo_db]
     app.extensions["mongo_client"] = client
     app.extensions["database"] = database
-    app.extensions["archive"] = Archive(database)
+    app.extensions["archive"] = Archive(database, announce_new_mail=bool(settings.notify_urls))
+    app.extensions["outbox"] = Outbox(database, settings.notify_urls, settings.public_url,
+                                      timedelta(hours=settings.notify_max_hours))
     app.extensions["lockout"] = Lockout(database)
     app.extensions["spool"] = Spool(settings.spool_dir)
-    app.extensions["archive_gauges"] = ArchiveGauges(database)
+    app.extensions["archive_gauges"] = ArchiveGauges(database, readers=[app.extensions["outbox"].publish_gauges])
     try:
         app.extensions["archive"].ensure_indexes()
     except PyMongoError:

@@ -29,6 +29,7 @@ from pymongo.errors import (
 
 from . import blobrefs
 from .db import ACKNOWLEDGED, DURABLE, DatabaseUnavailable, create_indexes
+from .notify import mark_for_notification
 from .parts import INLINE_DATA, BlobStore, BlobStream, Decoded, inline_stream, inspect_part
 from .payload import (
     Message, Part, accepts_domains, escape_keys, idempotency_key, normalise, replace_lone_surrogates,
@@ -102,8 +103,9 @@ def _part_record(part: Part, decoded: Decoded, blob_id: ObjectId) -> dict[str, A
 class Archive:
     """All reads and writes of messages; one per app, shared by threads."""
 
-    def __init__(self, database):
+    def __init__(self, database, *, announce_new_mail: bool = False):
         self.database = database
+        self.announce_new_mail = announce_new_mail  # NOTIFY_URL is set: mark new mail for notify.py
         self.emails = database.emails
         self.durable_emails = database.get_collection("emails", write_concern=DURABLE)
         self.blobs = BlobStore(database, write_concern=ACKNOWLEDGED)
@@ -157,6 +159,8 @@ class Archive:
             records[part.kind].append(_part_record(part, info, blob_id))
 
         document = self._document(message, records, key, email_id)
+        if self.announce_new_mail:
+            mark_for_notification(document)
         try:
             self.durable_emails.insert_one(document)
         except DuplicateKeyError:

@@ -15,9 +15,11 @@ from flask.cli import AppGroup, with_appcontext
 from . import blobrefs
 from .db import create_indexes, ping
 from .maintenance import collect_orphans
+from .notify import masked
 from .sample import payload_from_mime, sample_mime
 
 spool_cli = AppGroup("spool", help="Inspect and replay messages spooled during a MongoDB outage.")
+notify_cli = AppGroup("notify", help="Notifications of new mail to NOTIFY_URL: backlog, failures, retries.")
 
 EXIT_DATABASE_UNREACHABLE = 3
 SPOOL_LISTED = 20
@@ -150,6 +152,38 @@ def spool_replay_command():
         sys.exit(1)
 
 
+@notify_cli.command("status")
+@click.option("--all", "list_all", is_flag=True, help="List every failed notification, not just the latest.")
+def notify_status_command(list_all: bool):
+    """Receivers, the backlog and notifications given up after NOTIFY_MAX_HOURS; exit 1 if any failed."""
+    outbox = current_app.extensions["outbox"]
+    click.echo(f"receivers: {len(outbox.urls) or 'none (NOTIFY_URL is not set)'}")
+    for url in outbox.urls:
+        click.echo(f"  {masked(url)}")
+    counts = outbox.counts()
+    click.echo(f"not yet queued: {counts['unsent']}; queued or retrying: {counts['pending']}; "
+               f"failed for good: {counts['failed']}")
+    for row in outbox.backlog():
+        oldest = f", oldest queued {_iso(row['oldest'])}" if row.get("oldest") else ""
+        click.echo(f"  {row['receiver']}: {row['status']} {row['count']}{oldest}")
+    failed = outbox.failed(None if list_all else SPOOL_LISTED)
+    for item in failed:
+        click.echo(f"  failed {item['_id']}  {item['receiver']}  attempts {item['attempts']}  "
+                   f"last {item.get('last_result', '-')} at {_iso(item['last_attempt_at'])}")
+    if counts["failed"] > len(failed):
+        click.echo(f"  ... and {counts['failed'] - len(failed)} more (--all lists them)")
+    if counts["failed"]:
+        click.echo("`flask notify retry` gives failed notifications another NOTIFY_MAX_HOURS", err=True)
+        sys.exit(1)
+
+
+@notify_cli.command("retry")
+def notify_retry_command():
+    """Queue every failed notification again, with a fresh NOTIFY_MAX_HOURS to succeed."""
+    click.echo(f"ok: {current_app.extensions['outbox'].retry_failed()} failed notification(s) queued again")
+
+
 def register_commands(app: Flask) -> None:
-    for command in (check_command, create_indexes_command, send_sample_command, gc_blobs_command, spool_cli):
+    for command in (check_command, create_indexes_command, send_sample_command, gc_blobs_command, spool_cli,
+                    notify_cli):
         app.cli.add_command(command)

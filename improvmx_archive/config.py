@@ -10,7 +10,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, urlsplit
 
 from dotenv import dotenv_values
 from limits import parse_many
@@ -138,6 +138,25 @@ def _tokens(env: dict[str, str], name: str) -> tuple[str, ...]:
     return tokens
 
 
+def _notify_urls(env: dict[str, str]) -> tuple[str, ...]:
+    """NOTIFY_URL: absolute http(s) URLs; the error never repeats a URL (it may hold credentials)."""
+    urls = tuple(_csv(env.get("NOTIFY_URL")))
+    for position, url in enumerate(urls, 1):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"NOTIFY_URL: entry {position} is not an absolute http:// or https:// URL")
+    if len(set(urls)) != len(urls):
+        raise ConfigError("NOTIFY_URL lists the same URL twice")
+    return urls
+
+
+def _public_url(env: dict[str, str]) -> str:
+    url = env.get("PUBLIC_URL", "").strip().rstrip("/")
+    if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname):
+        raise ConfigError("PUBLIC_URL must be the archive's absolute https:// address, e.g. https://mail.example.com")
+    return url
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the app reads from its environment, already validated."""
@@ -162,6 +181,10 @@ class Settings:
     metrics_tokens: tuple[str, ...] = ()  # empty: any API key may scrape /metrics
     ui_enabled: bool = True
     ui_session_hours: float = 12.0
+    public_url: str = ""  # the archive's external address, for links in notifications
+    notify_urls: tuple[str, ...] = ()
+    notify_secret: str = ""
+    notify_max_hours: float = 24.0
     log_level: str = "INFO"
 
     @classmethod
@@ -190,6 +213,10 @@ class Settings:
         secret = env.get("WEBHOOK_SECRET", "").strip()
         if secret and (len(secret) < 16 or "/" in secret):
             raise ConfigError("WEBHOOK_SECRET must be at least 16 characters and contain no '/'")
+        notify_urls = _notify_urls(env)
+        notify_secret = env.get("NOTIFY_SECRET", "").strip()
+        if notify_urls and len(notify_secret) < 16:
+            raise ConfigError("NOTIFY_SECRET must be set (at least 16 characters) when NOTIFY_URL is")
         log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
         if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR")
@@ -215,5 +242,9 @@ class Settings:
             metrics_tokens=_tokens(env, "METRICS_TOKEN"),
             ui_enabled=_flag(env, "UI_ENABLED", True),
             ui_session_hours=_number(env, "UI_SESSION_HOURS", 12, 0.1),
+            public_url=_public_url(env),
+            notify_urls=notify_urls,
+            notify_secret=notify_secret,
+            notify_max_hours=_number(env, "NOTIFY_MAX_HOURS", 24, 0.1),
             log_level=log_level,
         )

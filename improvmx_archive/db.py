@@ -39,6 +39,20 @@ EMAIL_INDEXES = [
 OBSOLETE_EMAIL_INDEXES = ("attachment_blobs", "inline_blobs", "text_blobs", "html_blobs", "overflow_blobs")
 
 
+# Notifications of new mail (notify.py): messages not yet fanned out carry NOTIFY_PENDING_FIELD
+# (a sparse index holds only those), and the outbox holds one entry per message and receiver.
+NOTIFY_PENDING_FIELD = "notify_pending"
+OUTBOX = "notification_outbox"
+NOTIFICATION_DELIVERED_KEPT_SECONDS = 7 * 86400
+OUTBOX_INDEXES = [
+    IndexModel([("url_id", ASCENDING), ("status", ASCENDING), ("next_attempt_at", ASCENDING)],
+               name="due_by_receiver"),
+    IndexModel([("status", ASCENDING), ("created_at", ASCENDING)], name="by_status"),
+    IndexModel([("delivered_at", ASCENDING)], name="expire_delivered",
+               expireAfterSeconds=NOTIFICATION_DELIVERED_KEPT_SECONDS),
+]
+
+
 class DatabaseUnavailable(Exception):
     """MongoDB did not answer within the configured timeout."""
 
@@ -71,6 +85,8 @@ def create_indexes(database) -> None:
     database.auth_failures.create_index([("ip", ASCENDING), ("at", ASCENDING)], name="by_ip")
     database.auth_blocks.create_index([("until", ASCENDING)], name="expire_blocks", expireAfterSeconds=0)
     database.ui_sessions.create_index([("expires_at", ASCENDING)], name="expire_sessions", expireAfterSeconds=0)
+    database.emails.create_index([(NOTIFY_PENDING_FIELD, ASCENDING)], name="notify_pending", sparse=True)
+    database[OUTBOX].create_indexes(OUTBOX_INDEXES)
 
 
 def ping(client: MongoClient) -> bool:

@@ -26,6 +26,7 @@ from flask import Flask
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from .db import DURABLE
+from .notify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -206,4 +207,8 @@ def start_background_tasks(app: Flask) -> Maintenance | None:
                               settings.spool_replay_interval, settings.blob_gc_interval)
     maintenance.start()
     app.extensions["maintenance"] = maintenance
+    if settings.notify_urls:
+        notifier = Notifier(app.extensions["outbox"], settings.notify_secret)
+        notifier.start()
+        app.extensions["notifier"] = notifier
     return maintenance
