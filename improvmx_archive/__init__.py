@@ -20,7 +20,7 @@ from .metrics import ArchiveGauges, register_metrics
 from .notify import Outbox
 from .ratelimit import register_rate_limits
 from .requestlog import configure_logging, register_request_log
-from .routes import docs, emails, health, metrics, webhook
+from .routes import docs, emails, health, metrics, transfer, webhook
 from .security import Lockout, register_security
 from .spool import Spool
 from .ui import register_ui
@@ -85,5 +85,5 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    for module in (health, webhook, emails, docs, metrics):
+    for module in (health, webhook, emails, transfer, docs, metrics):
         app.register_blueprint(module.bp)

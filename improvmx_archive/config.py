@@ -31,6 +31,7 @@ DEFAULT_LIMITS = {
     "RATELIMIT_DOWNLOAD": "10 per minute",
     "RATELIMIT_METRICS": "60 per minute",
     "RATELIMIT_UI": "300 per minute",
+    "RATELIMIT_IMPORT": "60 per minute",
 }
 
 

@@ -79,6 +79,47 @@ DOWNLOAD_RESPONSES = {
 }
 
 
+RAW_MESSAGE = {"schema": {"type": "string", "format": "binary"}}
+
+TRANSFER_PATHS = {
+    "/emails/{email_id}/raw": {"get": {
+        "summary": "The message rebuilt as MIME, downloaded as <id>.eml",
+        "description": "ImprovMX's JSON does not carry the original MIME: the message is rebuilt from what is "
+                       "stored (headers, bodies, the exact bytes of every part) as multipart/mixed > "
+                       "multipart/related > multipart/alternative, with CRLF line endings. Header order is trace "
+                       "fields, then originator and destination fields, then the rest (the JSON does not keep the "
+                       "original order); DKIM signatures inside no longer verify. An X-Archive-Reconstructed "
+                       "header says so.",
+        "security": BEARER, "parameters": [EMAIL_ID],
+        "responses": {"200": {"description": "The message, streamed", "content": {"message/rfc822": RAW_MESSAGE}},
+                      **_error_responses(*AUTH_ERRORS, 404)}}},
+    "/export.mbox": {"get": {
+        "summary": "Every matching message, oldest first, as one streamed mbox (mboxrd)",
+        "description": "Takes the filters of GET /emails (limit and skip are ignored: everything matching is "
+                       "exported). LF line endings, `From <sender> <asctime UTC of received_at>` separators, "
+                       "`>From ` quoting reversible (mboxrd). Streamed at constant memory; a client that "
+                       "disconnects stops the export.",
+        "security": BEARER,
+        "parameters": [p for p in LIST_PARAMETERS if p["name"] not in ("limit", "skip")],
+        "responses": {"200": {"description": "The mbox, streamed", "content": {"application/mbox": RAW_MESSAGE}},
+                      **_error_responses(400, *AUTH_ERRORS)}}},
+    "/import": {"post": {
+        "summary": "Import one raw message (.eml) into the archive",
+        "description": "Parsed with mailparse, ImprovMX's own parser, into the webhook's payload and stored through "
+                       "the same ingest: importing the same message again stores nothing and answers "
+                       "duplicate=true. received_at is the top Received: header's date, else Date:, else now; "
+                       "the message is marked source=import. Rate limit RATELIMIT_IMPORT; body cap MAX_BODY_MB.",
+        "security": BEARER,
+        "requestBody": {"required": True, "content": {"message/rfc822": RAW_MESSAGE}},
+        "responses": {
+            "201": {"description": "Imported", "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/ImportResult"}}}},
+            "200": {"description": "Already stored (duplicate=true)", "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/ImportResult"}}}},
+            **_error_responses(400, *AUTH_ERRORS, 413, 415, 503)}}},
+}
+
+
 def build_spec() -> dict[str, Any]:
     """The whole OpenAPI document."""
     return {
@@ -106,6 +147,9 @@ def build_spec() -> dict[str, Any]:
                     "success": {"const": True}, "message": {"type": "string"},
                     "email_id": {"type": "string"}, "duplicate": {"type": "boolean"},
                     "spooled": {"type": "boolean"}}},
+                "ImportResult": {"type": "object", "required": ["success", "email_id", "duplicate"], "properties": {
+                    "success": {"const": True}, "email_id": {"type": "string"}, "duplicate": {"type": "boolean"},
+                    "received_at": {"type": "string", "format": "date-time"}, "message": {"type": "string"}}},
                 "EmailSummary": {"type": "object", "required": ["id", "_id"], "additionalProperties": True,
                                  "properties": {"id": {"type": "string", "description": "The message id: "
                                                        "the preferred name"},
@@ -178,6 +222,7 @@ def build_spec() -> dict[str, Any]:
                 "responses": {"200": {"description": "Prometheus text exposition format",
                                       "content": {"text/plain": {"schema": {"type": "string"}}}},
                               **_error_responses(*AUTH_ERRORS)}}},
+            **TRANSFER_PATHS,
             "/docs": {"get": {"summary": "This documentation as a web page", "security": [],
                               "responses": {"200": {"description": "HTML"}}}},
             "/openapi.json": {"get": {"summary": "This OpenAPI description", "security": [],

@@ -1,0 +1,590 @@
+"""Mail out of and into the archive: rebuild stored messages as MIME, stream them as mbox,
+and import raw RFC 5322 mail through the webhook's own ingest.
+
+ImprovMX's JSON does not carry the original MIME, so a message is rebuilt from what is
+stored: its headers (ImprovMX's parser keeps neither their order nor their raw encoding),
+its bodies and the exact bytes of every part. Part bytes are streamed between a MIME
+skeleton that the standard library's email package writes, so a 40 MB attachment never sits
+in memory, and an mbox of the whole archive streams at constant memory.
+"""
+
+from __future__ import annotations
+
+import binascii
+import contextlib
+import json
+import logging
+import mailbox
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from email import policy as email_policy
+from email.generator import BytesGenerator
+from email.header import Header
+from email.message import EmailMessage, MIMEPart
+from email.parser import BytesHeaderParser
+from email.utils import formataddr, parsedate_to_datetime
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Generator, Iterable, Iterator, Mapping
+
+from bson import ObjectId
+from pymongo import ASCENDING
+
+from .archive import index_hint
+from .payload import parse_address_list
+from .sample import payload_from_mime
+
+log = logging.getLogger(__name__)
+
+RECONSTRUCTED_HEADER = "X-Archive-Reconstructed"
+RECONSTRUCTED_NOTE = ("rebuilt by improvmx-webhook-archive from the stored webhook JSON; MIME structure "
+                      "and header order are not the original and DKIM signatures no longer verify")
+UNREPRESENTABLE_HEADER = "X-Archive-Invalid-Header"
+# Never copied from the stored headers: the rebuild writes its own MIME framing, and Bcc
+# must not leak to whoever opens the file.
+NEVER_COPIED = frozenset({"content-type", "content-transfer-encoding", "mime-version", "content-disposition",
+                          "content-id", "content-length", "bcc",
+                          RECONSTRUCTED_HEADER.lower(), UNREPRESENTABLE_HEADER.lower()})
+# RFC 5322 section 3.6 order: trace fields, then originator and destination fields.
+TRACE_FIELDS = ("return-path", "received")
+ORIGINATOR_FIELDS = ("date", "from", "sender", "reply-to", "to", "cc", "message-id", "in-reply-to",
+                     "references", "subject", "comments", "keywords")
+# Payload fields (mailparse takes these out of `headers`) and the header each one becomes.
+FIELD_HEADERS = {"return-path": "Return-Path", "date": "Date", "from": "From", "sender": "Sender",
+                 "to": "To", "cc": "Cc", "message-id": "Message-ID", "subject": "Subject"}
+ADDRESS_HEADERS = frozenset({"from", "sender", "to", "cc", "reply-to", "delivered-to", "return-path"})
+
+HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # RFC 5322 ftext: printable ASCII except ':'
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]+")
+ADDRESS_SPECIALS = re.compile(r"[\s<>(),;:\"\\\[\]\x00-\x1f\x7f]")
+MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
+FROM_LINE = re.compile(rb"^(>*From )", re.M)
+QUOTED_FROM_LINE = re.compile(rb"^>(>*From )", re.M)
+
+MIME_POLICY = email_policy.default.clone(cte_type="7bit", refold_source="none")
+BASE64_LINE_BYTES = 57  # 76 base64 characters per line, as RFC 2045 asks
+BASE64_LINE_CHARS = 76
+EXPORT_BATCH = 200  # message ids fetched per keyset page of an export
+
+
+# ---------------------------------------------------------------------------------------------
+# Header values: neutralised, encoded and folded here, so hostile stored values stay one header
+# ---------------------------------------------------------------------------------------------
+
+def one_line(value: str) -> str:
+    """CR, LF and other control characters become a space: a value can never start a header."""
+    return CONTROL_CHARACTERS.sub(" ", value).strip()
+
+
+def encode_header_value(name: str, value: str) -> str:
+    """An ASCII header value, folded at spaces; non-ASCII text as RFC 2047 encoded words."""
+    value = one_line(value)
+    charset = None if value.isascii() else "utf-8"
+    return Header(value, charset, header_name=name).encode(splitchars=" ", linesep="\n")
+
+
+def _address_text(address: Mapping[str, Any]) -> str | None:
+    """`Name <local@domain>`, the address cut where a character would end it in a list."""
+    email_address = ADDRESS_SPECIALS.split(str(address.get("email") or "").strip().lstrip("<"), 1)[0]
+    if email_address.count("@") != 1:
+        return None
+    local, _, domain = email_address.rpartition("@")
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass
+    name = address.get("name")
+    name = one_line(name) if isinstance(name, str) else ""
+    return formataddr((name, f"{local}@{domain}"), charset="utf-8")
+
+
+def format_addresses(value: Any) -> str | None:
+    addresses, _ = parse_address_list(value)
+    texts = [text for text in (_address_text(address) for address in addresses) if text]
+    return ", ".join(texts) or None
+
+
+def _scalar_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    return str(value)
+
+
+def _header_texts(name: str, value: Any) -> list[str]:
+    """One text per header line a stored value becomes (a list repeats the header)."""
+    items = value if isinstance(value, list) else [value]
+    lower = name.lower()
+    texts = []
+    for item in items:
+        if lower in ADDRESS_HEADERS or (isinstance(item, dict) and "email" in item):
+            text = format_addresses(item)
+            if lower == "return-path" and text:
+                text = f"<{parse_address_list(item)[0][0]['email']}>"
+        else:
+            text = _scalar_text(item)
+        if text is not None and one_line(text):
+            texts.append(text)
+    return texts
+
+
+def _message_id(value: Any) -> str | None:
+    text = one_line(_scalar_text(value[0] if isinstance(value, list) and value else value) or "")
+    if not text:
+        return None
+    return text if text.startswith("<") and text.endswith(">") else f"<{text.strip('<>')}>"
+
+
+def header_lines(document: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Every stored header as (name, unencoded value), trace fields first, then the
+    originator and destination fields, then the rest in stored order."""
+    entries: list[tuple[str, str]] = []
+    for field, name in FIELD_HEADERS.items():
+        value = document.get(field)
+        if field == "message-id":
+            text = _message_id(value)
+            entries += [(name, text)] if text else []
+        else:
+            entries += [(name, text) for text in _header_texts(name, value)]
+    stored = document.get("headers")
+    for name, value in (stored.items() if isinstance(stored, dict) else ()):
+        name = str(name)
+        lower = name.lower()
+        if lower in NEVER_COPIED or lower in FIELD_HEADERS:
+            continue
+        if not HEADER_NAME.match(name):
+            entries += [(UNREPRESENTABLE_HEADER, f"{one_line(name)}: {text}") for text in _header_texts(name, value)]
+            continue
+        entries += [(name, text) for text in _header_texts(name, value)]
+
+    def rank(entry: tuple[str, str]) -> tuple[int, int]:
+        lower = entry[0].lower()
+        if lower in TRACE_FIELDS:
+            return 0, TRACE_FIELDS.index(lower)
+        if lower in ORIGINATOR_FIELDS:
+            return 1, ORIGINATOR_FIELDS.index(lower)
+        return 2, 0
+
+    return sorted(entries, key=rank)  # sorted() is stable: repeats keep their stored order
+
+
+# ---------------------------------------------------------------------------------------------
+# The MIME rebuild
+# ---------------------------------------------------------------------------------------------
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _part_type(record: Mapping[str, Any]) -> str:
+    """The stored type when it is a valid MIME type. (A multipart/* part is kept as such:
+    mailparse stores one only when the original had no boundary, already unreadable.)"""
+    content_type = str(record.get("type") or "").strip().lower()
+    return content_type if MIME_TYPE.match(content_type) else "application/octet-stream"
+
+
+def safe_filename(name: Any) -> str | None:
+    if not isinstance(name, str):
+        return None
+    return one_line(name) or None
+
+
+def _content_id(cid: Any) -> str | None:
+    if not isinstance(cid, str):
+        return None
+    cid = ADDRESS_SPECIALS.sub("", cid.replace(" ", ""))
+    return f"<{cid}>" if cid else None
+
+
+@dataclass
+class PartSlot:
+    """A stored part whose bytes stream into the skeleton where its token stands."""
+
+    position: int
+    record: dict[str, Any]
+    as_text: bool  # message/* parts travel as 8bit text (RFC 2046 forbids base64 for them)
+
+
+def _body_part(subtype: str, text: str) -> MIMEPart:
+    part = MIMEPart(MIME_POLICY)
+    part.set_content(text, subtype=subtype, charset="utf-8")
+    return part
+
+
+def _container(subtype: str, children: list[MIMEPart], **params: str) -> MIMEPart:
+    part = MIMEPart(MIME_POLICY)
+    part["Content-Type"] = f"multipart/{subtype}"
+    for key, value in params.items():
+        part.set_param(key, value)
+    part.set_boundary(f"=_archive_{secrets.token_hex(12)}")
+    for child in children:
+        part.attach(child)
+    return part
+
+
+def _stored_part(record: dict[str, Any], token: str, *, inline: bool) -> tuple[MIMEPart, bool]:
+    content_type = _part_type(record)
+    as_text = content_type.startswith("message/") and record.get("stored_as") == "text"
+    part = MIMEPart(MIME_POLICY)
+    part["Content-Type"] = content_type
+    if content_type.startswith("text/") and record.get("stored_as") == "text":
+        part.set_param("charset", "utf-8")
+    filename = safe_filename(record.get("name"))
+    if filename:
+        part.set_param("name", filename)
+    part.add_header("Content-Disposition", "inline" if inline else "attachment",
+                    **({"filename": filename} if filename else {}))
+    content_id = _content_id(record.get("cid"))
+    if content_id:
+        part["Content-ID"] = content_id
+    description = record.get("description")
+    if isinstance(description, str) and one_line(description):
+        part["Content-Description"] = one_line(description)
+    part["Content-Transfer-Encoding"] = "8bit" if as_text else "base64"
+    part.set_payload(token)
+    return part, as_text
+
+
+def _body_tree(document: Mapping[str, Any]) -> MIMEPart | None:
+    text, html = document.get("text"), document.get("html")
+    text = text if isinstance(text, str) and text else None
+    html = html if isinstance(html, str) and html else None
+    if text and html:
+        return _container("alternative", [_body_part("plain", text), _body_part("html", html)])
+    if text or html:
+        return _body_part("plain" if text else "html", text or html)
+    return None
+
+
+class _SkeletonGenerator(BytesGenerator):
+    """Writes a message/* part's token as plain text: the stock generator expects a parsed
+    message object there."""
+
+    def _handle_message(self, msg):
+        self._handle_text(msg)
+
+    _handle_message_delivery_status = _handle_message
+
+
+class Rebuild:
+    """One stored message as MIME: a skeleton from the email package, and the slots where
+    the stored parts' bytes go."""
+
+    def __init__(self, document: Mapping[str, Any]):
+        self.document = document
+        self.nonce = secrets.token_hex(16)
+        self.slots: list[PartSlot] = []
+        attachments = list(document.get("attachments") or [])
+        inlines = list(document.get("inlines") or [])
+        tree = _body_tree(document)
+        if inlines:
+            related = [tree] if tree is not None else []
+            related += [self._slot(len(attachments) + i, record, inline=True) for i, record in enumerate(inlines)]
+            tree = _container("related", related, type=related[0].get_content_type())
+        if attachments:
+            mixed = [tree] if tree is not None else []
+            mixed += [self._slot(i, record, inline=False) for i, record in enumerate(attachments)]
+            tree = _container("mixed", mixed)
+        self.tree = tree if tree is not None else _body_part("plain", "")
+
+    def _slot(self, position: int, record: dict[str, Any], *, inline: bool) -> MIMEPart:
+        part, as_text = _stored_part(record, f"{self.nonce}{len(self.slots):06d}", inline=inline)
+        self.slots.append(PartSlot(position, record, as_text))
+        return part
+
+    def skeleton(self, linesep: str) -> list[bytes]:
+        """The message bytes split around the part tokens: [text, slot, text, slot, ..., text]."""
+        message = EmailMessage(MIME_POLICY)
+        for name, value in header_lines(self.document):
+            message.set_raw(name, encode_header_value(name, value))
+        message.set_raw(RECONSTRUCTED_HEADER, encode_header_value(RECONSTRUCTED_HEADER, RECONSTRUCTED_NOTE))
+        message.set_raw("MIME-Version", "1.0")
+        for name, value in self.tree.raw_items():
+            message[name] = value
+        message.set_payload(self.tree.get_payload())
+        out = BytesIO()
+        _SkeletonGenerator(out, mangle_from_=False, policy=MIME_POLICY.clone(linesep=linesep)).flatten(message)
+        return re.split(rb"%s\d{6}" % self.nonce.encode(), out.getvalue())
+
+
+def _base64_lines(chunks: Iterable[bytes], linesep: bytes) -> Iterator[bytes]:
+    """Base64 in 76-character lines, each ending in linesep, a stored chunk at a time."""
+    carry = b""
+    for chunk in chunks:
+        data = carry + chunk
+        usable = len(data) - len(data) % BASE64_LINE_BYTES
+        carry = data[usable:]
+        if usable:
+            encoded = binascii.b2a_base64(memoryview(data)[:usable], newline=False)
+            yield b"".join(encoded[i:i + BASE64_LINE_CHARS] + linesep
+                           for i in range(0, len(encoded), BASE64_LINE_CHARS))
+    if carry:
+        yield binascii.b2a_base64(carry, newline=False) + linesep
+
+
+def _text_lines(chunks: Iterable[bytes], linesep: bytes) -> bytes:
+    """A message/* part's stored text with its line endings made linesep, ending in one."""
+    data = b"".join(chunks)
+    lines = data.splitlines()
+    return linesep.join(lines) + linesep if lines else b""
+
+
+class MessageSource:
+    """The rebuilt bytes of one message, streamed: the skeleton, and each part's bytes read
+    from the archive only when the stream reaches it."""
+
+    def __init__(self, archive, document: Mapping[str, Any]):
+        self.archive = archive
+        self.email_id = str(document["_id"])
+        self.rebuild = Rebuild(document)
+
+    def chunks(self, linesep: bytes = b"\r\n", *, quote_from: bool = False) -> Iterator[bytes]:
+        """The message; with quote_from, lines starting `>*From ` gain a `>` (mboxrd).
+
+        The skeleton is built before the first byte, so a rebuild that fails does so before
+        a response has started. Base64 lines cannot start with `From `: only text is searched.
+        """
+        pieces = self.rebuild.skeleton(linesep.decode())
+        quote = (lambda data: FROM_LINE.sub(rb">\1", data)) if quote_from else (lambda data: data)
+        return self._stream(pieces, linesep, quote)
+
+    def _stream(self, pieces: list[bytes], linesep: bytes, quote) -> Iterator[bytes]:
+        yield quote(pieces[0])
+        for slot, following in zip(self.rebuild.slots, pieces[1:]):
+            chunks = self._part_chunks(slot)
+            with contextlib.closing(chunks):  # a closed download closes the part's cursor
+                if slot.as_text:
+                    yield quote(_text_lines(chunks, linesep))
+                else:
+                    yield from _base64_lines(chunks, linesep)
+            # The token stood alone on its line: the generator's line break after it is ours.
+            yield quote(following[len(linesep):] if following.startswith(linesep) else following)
+
+    def _part_chunks(self, slot: PartSlot) -> Generator[bytes, None, None]:
+        record, blob = self.archive.part(self.email_id, position=slot.position)
+        if record is None or blob is None:
+            log.error("export: part content missing email_id=%s position=%d", self.email_id, slot.position)
+            return (chunk for chunk in ())
+        return blob.chunks
+
+
+def rebuild_message(archive, email_id: str, linesep: bytes = b"\r\n") -> Iterator[bytes] | None:
+    """The message rebuilt as RFC 5322 bytes (CRLF line endings by default), streamed; None
+    for an unknown id. The API's /raw, the CLI's .eml export and the UI's source view use it."""
+    document = archive.find(email_id)
+    if document is None:
+        return None
+    return MessageSource(archive, document).chunks(linesep)
+
+
+def eml_filename(document: Mapping[str, Any]) -> str:
+    """`<received_at>-<id>.eml`: sorts by arrival in a file manager, unique by id."""
+    received = document.get("received_at")
+    stamp = _aware(received).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ") if isinstance(received, datetime) \
+        else "00000000T000000Z"
+    return f"{stamp}-{document['_id']}.eml"
+
+
+# ---------------------------------------------------------------------------------------------
+# mbox export (mboxrd): oldest first, one message's parts in memory at most
+# ---------------------------------------------------------------------------------------------
+
+def mbox_separator(document: Mapping[str, Any]) -> bytes:
+    """`From <sender> <asctime>`: the sender without spaces, the time in UTC."""
+    sender = ADDRESS_SPECIALS.sub("", str(document.get("from_email") or "")).encode("ascii", "ignore").decode()
+    received = document.get("received_at")
+    moment = _aware(received).astimezone(timezone.utc) if isinstance(received, datetime) else datetime.now(timezone.utc)
+    return f"From {sender or 'MAILER-DAEMON'} {time.asctime(moment.timetuple())}\n".encode()
+
+
+def mbox_entry(archive, document: Mapping[str, Any]) -> Iterator[bytes]:
+    """One mbox entry: separator line, the message with LF endings and `From ` quoted
+    reversibly (mboxrd), and the blank line that ends it. Raises before the first byte
+    when the message cannot be rebuilt."""
+    body = MessageSource(archive, document).chunks(b"\n", quote_from=True)
+    return _framed(mbox_separator(document), body)
+
+
+def _framed(separator: bytes, body: Iterator[bytes]) -> Iterator[bytes]:
+    yield separator
+    last = b"\n"
+    for chunk in body:
+        if chunk:
+            last = chunk[-1:]
+            yield chunk
+    yield b"\n" if last == b"\n" else b"\n\n"
+
+
+def oldest_first(archive, query: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every matching message, oldest first, fetched whole one at a time.
+
+    Keyset pages of ids (received_at, _id ascending: the newest-first indexes walked
+    backwards) instead of one long cursor, which a slow download would let time out.
+    """
+    last: tuple[datetime, ObjectId] | None = None
+    batch = EXPORT_BATCH
+    hint = index_hint(dict(query))
+    while True:
+        conditions = [dict(query)] if query else []
+        if last is not None:
+            moment, email_id = last
+            conditions += [{"received_at": {"$gte": moment}},
+                           {"$or": [{"received_at": {"$gt": moment}}, {"received_at": moment, "_id": {"$gt": email_id}}]}]
+        selector = {"$and": conditions} if len(conditions) > 1 else (conditions[0] if conditions else {})
+        cursor = archive.emails.find(selector, {"_id": 1, "received_at": 1}).sort(
+            [("received_at", ASCENDING), ("_id", ASCENDING)]).limit(batch)
+        page = list(cursor.hint(hint) if hint else cursor)
+        for entry in page:
+            document = archive.find(str(entry["_id"]))
+            if document is not None:
+                yield document
+        if len(page) < batch:
+            return
+        last = (page[-1]["received_at"], page[-1]["_id"])
+
+
+def mbox_export(archive, query: Mapping[str, Any]) -> Iterator[bytes]:
+    """The whole mbox, streamed. Closing the generator (a client that went away) stops the
+    export and closes the part being read."""
+    for document in oldest_first(archive, query):
+        try:
+            entry = mbox_entry(archive, document)
+        except Exception:  # one unrebuildable message must not end everyone's export
+            log.exception("export: message skipped, it cannot be rebuilt email_id=%s", document["_id"])
+            continue
+        yield from entry
+
+
+# ---------------------------------------------------------------------------------------------
+# Import: raw RFC 5322 mail into the webhook's payload shape
+# ---------------------------------------------------------------------------------------------
+
+MESSAGE_HEADERS = ("from", "to", "date", "subject", "message-id", "received", "sender", "return-path")
+FUTURE_TOLERANCE = timedelta(days=1)
+
+
+class NotAMessage(ValueError):
+    """The bytes are not an RFC 5322 message (no header block this archive can use)."""
+
+
+@dataclass
+class ParsedImport:
+    payload: dict[str, Any]
+    received_at: datetime
+
+
+def _plausible(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    moment = _aware(moment).astimezone(timezone.utc)
+    if moment.year < 1970 or moment > datetime.now(timezone.utc) + FUTURE_TOLERANCE:
+        return None
+    return moment
+
+
+def _parse_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return _plausible(parsedate_to_datetime(one_line(value)))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def arrival_time(headers) -> datetime:
+    """When the message arrived: the top Received: header's date, else Date:, else now."""
+    received = headers.get_all("Received") or []
+    top = str(received[0]).rpartition(";")[2] if received and ";" in str(received[0]) else None
+    return _parse_date(top) or _parse_date(str(headers.get("Date") or "")) or datetime.now(timezone.utc)
+
+
+def parse_raw_message(raw: bytes) -> ParsedImport:
+    """The payload ImprovMX would have sent for these bytes, and the message's arrival time.
+
+    Raises NotAMessage for bytes without a usable header block.
+    """
+    if not raw.strip():
+        raise NotAMessage("the message is empty")
+    headers = BytesHeaderParser(policy=email_policy.compat32).parsebytes(raw)
+    names = {name.lower() for name in headers.keys()}
+    if not names.intersection(MESSAGE_HEADERS):
+        raise NotAMessage("not an RFC 5322 message: none of From, To, Date, Subject, Message-ID or Received")
+    try:
+        payload = payload_from_mime(raw)
+    except Exception as error:  # mailparse raises whatever its parsing of hostile MIME hits
+        raise NotAMessage(f"the MIME structure cannot be parsed ({type(error).__name__})") from None
+    return ParsedImport(payload, arrival_time(headers))
+
+
+def import_raw(archive, raw: bytes):
+    """Parse raw mail and store it through the webhook's ingest (idempotent), marked as
+    imported with its own arrival time. Raises NotAMessage or DatabaseUnavailable."""
+    parsed = parse_raw_message(raw)
+    return archive.ingest(parsed.payload, received_at=parsed.received_at, source="import"), parsed
+
+
+def unquote_mbox(raw: bytes) -> bytes:
+    """Undo mboxrd `>From ` quoting (in an mboxo file this also unquotes `>From ` lines
+    that were quoted in the original message: mboxo cannot tell them apart)."""
+    return QUOTED_FROM_LINE.sub(rb"\1", raw.replace(b"\r\n", b"\n"))
+
+
+def is_mbox(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(5) == b"From "
+
+
+@dataclass
+class ImportFile:
+    """A file to import: one .eml message, or an mbox holding `count` messages."""
+
+    path: Path
+    mbox: bool
+    count: int
+
+    def messages(self) -> Iterator[tuple[str, bytes]]:
+        """(label for the summary, raw message) for each message, one in memory at a time."""
+        if not self.mbox:
+            yield str(self.path), self.path.read_bytes()
+            return
+        box = mailbox.mbox(self.path, create=False)
+        try:
+            for number, key in enumerate(box.keys(), 1):
+                yield f"{self.path} #{number}", unquote_mbox(box.get_bytes(key))
+        finally:
+            box.close()
+
+
+def find_import_files(paths: Iterable[Path]) -> tuple[list[ImportFile], list[tuple[str, str]]]:
+    """The files under the given paths (directories recursively, hidden files skipped), and
+    (path, reason) for each path that cannot be read."""
+    found: list[ImportFile] = []
+    problems: list[tuple[str, str]] = []
+    for path in paths:
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        elif path.is_file():
+            files = [path]
+        else:
+            problems.append((str(path), "no such file or directory"))
+            continue
+        for file in files:
+            try:
+                if is_mbox(file):
+                    box = mailbox.mbox(file, create=False)
+                    try:
+                        found.append(ImportFile(file, True, len(box)))
+                    finally:
+                        box.close()
+                else:
+                    found.append(ImportFile(file, False, 1))
+            except OSError as error:
+                problems.append((str(file), f"cannot read ({error.strerror or type(error).__name__})"))
+    return found, problems

@@ -1,0 +1,67 @@
+"""Mail in standard formats: one message as .eml, the archive as mbox, raw mail imported."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from ..db import DatabaseUnavailable
+from ..errors import ApiError
+from ..ratelimit import configured_limit, limiter
+from ..security import require_api_key
+from ..mailio import NotAMessage, import_raw, mbox_export, rebuild_message
+from .emails import build_query, content_disposition
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("transfer", __name__)
+
+RAW_MESSAGE_TYPES = ("message/rfc822",)
+
+
+@bp.get("/emails/<email_id>/raw")
+@require_api_key
+@limiter.limit(configured_limit("RATELIMIT_DOWNLOAD"))
+def raw_message(email_id: str):
+    chunks = rebuild_message(current_app.extensions["archive"], email_id)
+    if chunks is None:
+        raise ApiError(404, "Email not found")
+    response = Response(chunks, content_type="message/rfc822", direct_passthrough=True)
+    response.headers["Content-Disposition"] = content_disposition("attachment", f"{email_id}.eml")
+    return response
+
+
+@bp.get("/export.mbox")
+@require_api_key
+@limiter.limit(configured_limit("RATELIMIT_DOWNLOAD"))
+def export_mbox():
+    query = build_query()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    response = Response(mbox_export(current_app.extensions["archive"], query), content_type="application/mbox",
+                        direct_passthrough=True)
+    response.headers["Content-Disposition"] = content_disposition("attachment", f"archive-{stamp}.mbox")
+    return response
+
+
+@bp.post("/import")
+@require_api_key
+@limiter.limit(configured_limit("RATELIMIT_IMPORT"))
+def import_message():
+    if request.mimetype not in RAW_MESSAGE_TYPES:
+        raise ApiError(415, "Send the raw message with Content-Type: message/rfc822")
+    raw = request.get_data(cache=False)
+    try:
+        result, parsed = import_raw(current_app.extensions["archive"], raw)
+    except NotAMessage as error:
+        raise ApiError(400, f"Body is not an importable message: {error}") from None
+    except DatabaseUnavailable:
+        log.warning("import refused: database unavailable")
+        raise ApiError(503, "Storage temporarily unavailable; retry later", {"Retry-After": "30"}) from None
+    log.info("imported email_id=%s duplicate=%s", result.email_id, result.duplicate)
+    response = jsonify(success=True, email_id=result.email_id, duplicate=result.duplicate,
+                       received_at=parsed.received_at.isoformat().replace("+00:00", "Z"),
+                       message="Email already stored" if result.duplicate else "Email imported")
+    response.status_code = 200 if result.duplicate else 201
+    return response
