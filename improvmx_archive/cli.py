@@ -1,21 +1,28 @@
-"""`flask` commands for operators: check, create-indexes, send-sample, gc-blobs, spool."""
+"""`flask` commands for operators: check, create-indexes, send-sample, gc-blobs, spool,
+export and import."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
 from . import blobrefs
-from .db import create_indexes, ping
+from .archive import index_hint
+from .db import DatabaseUnavailable, create_indexes, ping
+from .errors import ApiError
+from .mailio import NotAMessage, MessageSource, eml_filename, find_import_files, import_raw, mbox_entry, oldest_first
 from .maintenance import collect_orphans
 from .notify import masked
+from .routes.emails import build_query
 from .sample import payload_from_mime, sample_mime
 
 spool_cli = AppGroup("spool", help="Inspect and replay messages spooled during a MongoDB outage.")
@@ -183,7 +190,136 @@ def notify_retry_command():
     click.echo(f"ok: {current_app.extensions['outbox'].retry_failed()} failed notification(s) queued again")
 
 
+def _export_query(filters: dict[str, str | None]) -> dict:
+    """The MongoDB filter GET /emails builds from the same parameters."""
+    args = {name: value for name, value in filters.items() if value is not None}
+    with current_app.test_request_context("/emails", query_string=args):
+        try:
+            return build_query()
+        except ApiError as error:
+            raise click.UsageError(error.message) from None
+
+
+def _write_atomically(path: Path, chunks) -> None:
+    """Write to a temporary file next to path and rename it into place: an interrupted run
+    never leaves a truncated file under the final name."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with partial.open("wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@click.command("export")
+@with_appcontext
+@click.option("--format", "output_format", type=click.Choice(["mbox", "eml"]), default="mbox", show_default=True,
+              help="One mbox file, or a directory of <received_at>-<id>.eml files.")
+@click.option("--from-email", help="Sender address, as GET /emails?from_email=.")
+@click.option("--to", help="Recipient address, as GET /emails?to=.")
+@click.option("--subject", help="Substring of the subject, as GET /emails?subject=.")
+@click.option("--since", help="Received at or after (ISO 8601).")
+@click.option("--until", help="Received at or before (ISO 8601).")
+@click.option("--processed", type=click.Choice(["true", "false"]), help="Only processed (true) or unprocessed.")
+@click.option("--has-attachments", type=click.Choice(["true", "false"]), help="Only with (true) or without.")
+@click.argument("output", type=click.Path(path_type=Path))
+def export_command(output_format: str, output: Path, **filters: str | None):
+    """Write every matching message, oldest first, rebuilt as MIME, to OUTPUT.
+
+    mbox: written to a hidden temporary file and renamed when complete, so a re-run simply
+    replaces it. eml: existing files are skipped, so an interrupted run resumes where it stopped.
+    """
+    archive = current_app.extensions["archive"]
+    query = _export_query(filters)
+    hint = index_hint(query)
+    total = archive.emails.count_documents(query, **({"hint": hint} if hint else {}))
+    counts = {"written": 0, "skipped": 0}
+    failures: list[str] = []
+
+    def rebuilt(bar, make):
+        """(document, its bytes) for each message; one that cannot be rebuilt is reported."""
+        for document in oldest_first(archive, query):
+            bar.update(1)
+            try:
+                chunks = make(document)
+            except Exception as error:  # one unrebuildable message must not stop the rest
+                failures.append(f"{document['_id']}: cannot be rebuilt ({type(error).__name__})")
+                continue
+            if chunks is not None:
+                yield document, chunks
+
+    with click.progressbar(length=total, label=f"exporting {total} message(s)") as bar:
+        if output_format == "mbox":
+            def entries():
+                for _, chunks in rebuilt(bar, lambda document: mbox_entry(archive, document)):
+                    counts["written"] += 1
+                    yield from chunks
+            _write_atomically(output, entries())
+        else:
+            output.mkdir(parents=True, exist_ok=True)
+
+            def unless_exported(document):
+                if (output / eml_filename(document)).exists():
+                    counts["skipped"] += 1
+                    return None
+                return MessageSource(archive, document).chunks(b"\r\n")
+
+            for document, chunks in rebuilt(bar, unless_exported):
+                _write_atomically(output / eml_filename(document), chunks)
+                counts["written"] += 1
+    for failure in failures:
+        click.echo(f"  failed {failure}", err=True)
+    click.echo(f"exported {counts['written']} message(s) to {output}"
+               + (f", skipped {counts['skipped']} already there" if output_format == "eml" else "")
+               + f", failed {len(failures)}")
+    if failures:
+        sys.exit(1)
+
+
+@click.command("import")
+@with_appcontext
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+def import_command(paths: tuple[Path, ...]):
+    """Import .eml files, directories of them (recursively) and mbox files (mboxrd or mboxo).
+
+    Each message is stored once however often it is imported; its date is its top Received:
+    header's (else Date:). Exit 1 if any message failed, 3 if MongoDB went away (re-run to
+    continue: what is already in is recognised as a duplicate).
+    """
+    archive = current_app.extensions["archive"]
+    files, failed = find_import_files(paths)
+    stored = duplicates = 0
+    with click.progressbar(length=sum(file.count for file in files), label="importing") as bar:
+        for file in files:
+            try:
+                for label, raw in file.messages():
+                    bar.update(1)
+                    try:
+                        result, _ = import_raw(archive, raw)
+                    except NotAMessage as error:
+                        failed.append((label, str(error)))
+                        continue
+                    except DatabaseUnavailable:
+                        click.echo(f"\nerror: MongoDB is unavailable (at {label}); stored {stored} so far. "
+                                   "Re-run the same command to continue.", err=True)
+                        sys.exit(EXIT_DATABASE_UNREACHABLE)
+                    except Exception as error:  # one broken message never stops the rest
+                        failed.append((label, f"cannot be stored ({type(error).__name__})"))
+                        continue
+                    duplicates += result.duplicate
+                    stored += not result.duplicate
+            except OSError as error:
+                failed.append((str(file.path), f"cannot read ({error.strerror or type(error).__name__})"))
+    click.echo(f"stored {stored}, duplicate {duplicates}, failed {len(failed)}")
+    for label, reason in failed:
+        click.echo(f"  failed {label}: {reason}", err=True)
+    if failed:
+        sys.exit(1)
+
+
 def register_commands(app: Flask) -> None:
     for command in (check_command, create_indexes_command, send_sample_command, gc_blobs_command, spool_cli,
-                    notify_cli):
+                    notify_cli, export_command, import_command):
         app.cli.add_command(command)
