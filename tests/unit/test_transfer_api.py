@@ -1,0 +1,271 @@
+"""GET /emails/<id>/raw, GET /export.mbox, POST /import and the export/import commands."""
+
+from __future__ import annotations
+
+import email
+import mailbox
+from datetime import datetime, timedelta, timezone
+from email import policy
+from email.message import EmailMessage
+
+import pytest
+
+from improvmx_archive.sample import payload_from_mime
+from tests.conftest import API_KEY
+from tests.payloads import FIXTURES, eml_payload, message_with_attachment
+
+RAW = {"Content-Type": "message/rfc822"}
+
+
+def _message(subject: str, *, sender: str = "sender@example.org", date: str | None = "Mon, 02 Mar 2020 09:00:00 +0000",
+             received: str | None = None, text: str = "body") -> bytes:
+    message = EmailMessage()
+    if received:
+        message["Received"] = received
+    message["From"] = sender
+    message["To"] = "inbox@archive.test"
+    message["Subject"] = subject
+    if date:
+        message["Date"] = date
+    message["Message-ID"] = f"<{subject.replace(' ', '-')}@example.org>"
+    message.set_content(text)
+    return message.as_bytes()
+
+
+def _ingest_at(archive, subject: str, moment: datetime, **kwargs) -> str:
+    return archive.ingest(payload_from_mime(_message(subject, **kwargs)), received_at=moment).email_id
+
+
+# --- GET /emails/<id>/raw ----------------------------------------------------------------------
+
+def test_raw_downloads_the_rebuilt_message_as_eml(app, client, auth):
+    email_id = app.extensions["archive"].ingest(eml_payload("attachments")).email_id
+    response = client.get(f"/emails/{email_id}/raw", headers=auth)
+    assert response.status_code == 200 and response.mimetype == "message/rfc822"
+    assert response.headers["Content-Disposition"].startswith(f'attachment; filename="{email_id}.eml"')
+    parsed = email.message_from_bytes(response.get_data(), policy=policy.default)
+    assert parsed["Subject"] == eml_payload("attachments")["subject"]
+    assert b"\r\n" in response.get_data() and b"\n" not in response.get_data().replace(b"\r\n", b"")
+
+
+@pytest.mark.parametrize("email_id", ["0123456789abcdef01234567", "not-an-id"])
+def test_raw_of_an_unknown_message_is_a_json_404(client, auth, email_id):
+    response = client.get(f"/emails/{email_id}/raw", headers=auth)
+    assert response.status_code == 404 and response.get_json() == {"success": False, "error": "Email not found"}
+
+
+@pytest.mark.parametrize("path", ["/emails/0123456789abcdef01234567/raw", "/export.mbox"])
+def test_export_routes_need_the_bearer_key(client, path):
+    assert client.get(path).status_code == 401
+    assert client.get(path, headers={"Authorization": "Bearer wrong-key-wrong-key-1"}).status_code == 403
+
+
+# --- GET /export.mbox --------------------------------------------------------------------------
+
+def _mbox(tmp_path, data: bytes) -> mailbox.mbox:
+    path = tmp_path / "export.mbox"
+    path.write_bytes(data)
+    return mailbox.mbox(path, create=False)
+
+
+def test_export_mbox_streams_every_match_oldest_first(app, client, auth, tmp_path):
+    archive = app.extensions["archive"]
+    base = datetime(2021, 1, 1, tzinfo=timezone.utc)
+    for day, subject in [(3, "third"), (1, "first"), (2, "second")]:
+        _ingest_at(archive, subject, base + timedelta(days=day))
+    same_moment = base + timedelta(days=5)
+    for n in range(3):
+        _ingest_at(archive, f"tie {n}", same_moment)
+    response = client.get("/export.mbox", headers=auth)
+    assert response.status_code == 200 and response.mimetype == "application/mbox"
+    assert response.headers["Content-Disposition"].startswith('attachment; filename="archive-')
+    data = response.get_data()
+    assert data.startswith(b"From sender@example.org Sat Jan  2 00:00:00 2021\n")
+    assert b"\r" not in data
+    box = _mbox(tmp_path, data)
+    subjects = [message["Subject"] for message in box]
+    assert subjects == ["first", "second", "third", "tie 0", "tie 1", "tie 2"]  # ties: by id
+
+
+def test_export_mbox_applies_the_list_filters(app, client, auth, tmp_path):
+    archive = app.extensions["archive"]
+    moment = datetime(2022, 6, 1, tzinfo=timezone.utc)
+    _ingest_at(archive, "from ann", moment, sender="ann@example.org")
+    _ingest_at(archive, "from bob", moment + timedelta(hours=1), sender="bob@example.org")
+    _ingest_at(archive, "later ann", moment + timedelta(days=30), sender="ann@example.org")
+    response = client.get("/export.mbox?from_email=ann@example.org&until=2022-06-15T00:00:00Z", headers=auth)
+    assert [m["Subject"] for m in _mbox(tmp_path, response.get_data())] == ["from ann"]
+    assert client.get("/export.mbox?since=yesterday", headers=auth).status_code == 400
+
+
+def test_export_mbox_pages_through_more_than_one_batch(app, client, auth, tmp_path, monkeypatch):
+    monkeypatch.setattr("improvmx_archive.mailio.EXPORT_BATCH", 3)
+    archive = app.extensions["archive"]
+    moment = datetime(2023, 3, 1, tzinfo=timezone.utc)
+    for n in range(8):
+        _ingest_at(archive, f"message {n}", moment + timedelta(minutes=n // 2))
+    box = _mbox(tmp_path, client.get("/export.mbox", headers=auth).get_data())
+    assert sorted(m["Subject"] for m in box) == [f"message {n}" for n in range(8)]
+    assert len(box) == 8
+
+
+def test_export_mbox_of_an_empty_selection_is_empty(client, auth):
+    response = client.get("/export.mbox", headers=auth)
+    assert response.status_code == 200 and response.get_data() == b""
+
+
+def test_client_disconnect_stops_the_export(app, client, auth, monkeypatch):
+    archive = app.extensions["archive"]
+    moment = datetime(2023, 3, 1, tzinfo=timezone.utc)
+    for n in range(5):
+        archive.ingest(message_with_attachment(bytes([n]) * 3_000_000, subject=f"big {n}"),
+                       received_at=moment + timedelta(minutes=n))
+    reads = []
+    original_part = type(archive).part
+    monkeypatch.setattr(type(archive), "part", lambda self, *a, **k: reads.append(k) or original_part(self, *a, **k))
+    response = client.get("/export.mbox", headers=auth)
+    chunks = iter(response.response)
+    received = b""
+    while b"Content-Transfer-Encoding: base64" not in received:
+        received += next(chunks)
+    next(chunks)
+    response.close()  # what the WSGI server does when the client goes away
+    assert len(reads) == 1
+    with pytest.raises(StopIteration):
+        next(chunks)
+
+
+# --- POST /import ------------------------------------------------------------------------------
+
+def test_import_stores_once_and_says_duplicate(app, client, auth):
+    raw = (FIXTURES / "attachments.eml").read_bytes()
+    first = client.post("/import", data=raw, headers={**auth, **RAW})
+    assert first.status_code == 201
+    body = first.get_json()
+    assert body["success"] is True and body["duplicate"] is False
+    again = client.post("/import", data=raw, headers={**auth, **RAW})
+    assert again.status_code == 200 and again.get_json()["duplicate"] is True
+    assert again.get_json()["email_id"] == body["email_id"]
+    archive = app.extensions["archive"]
+    assert archive.emails.count_documents({}) == 1
+    stored = archive.find(body["email_id"])
+    assert stored["source"] == "import" and stored["subject"] == eml_payload("attachments")["subject"]
+
+
+def test_import_dates_the_message_by_its_top_received_header(app, client, auth):
+    raw = _message("received", received="from mx.example by mx.archive.test; Tue, 05 May 2015 10:11:12 +0200",
+                   date="Mon, 04 May 2015 00:00:00 +0000")
+    body = client.post("/import", data=raw, headers={**auth, **RAW}).get_json()
+    stored = app.extensions["archive"].emails.find_one({})
+    assert stored["received_at"] == datetime(2015, 5, 5, 8, 11, 12, tzinfo=timezone.utc)
+    assert body["received_at"] == "2015-05-05T08:11:12Z"
+
+
+def test_import_falls_back_to_date_then_to_now(app, client, auth):
+    archive = app.extensions["archive"]
+    client.post("/import", data=_message("dated", date="Sun, 01 Jan 2012 12:00:00 -0500"), headers={**auth, **RAW})
+    assert archive.emails.find_one({"subject": "dated"})["received_at"] == datetime(2012, 1, 1, 17, tzinfo=timezone.utc)
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    client.post("/import", data=_message("undated", date=None), headers={**auth, **RAW})
+    client.post("/import", data=_message("bad date", date="the day after tomorrow"), headers={**auth, **RAW})
+    client.post("/import", data=_message("future", date="Fri, 01 Jan 2100 00:00:00 +0000"), headers={**auth, **RAW})
+    for subject in ("undated", "bad date", "future"):
+        assert archive.emails.find_one({"subject": subject})["received_at"] >= before
+
+
+@pytest.mark.parametrize("data", [b"", b"   \r\n", b'{"subject": "json, not mail"}', b"\x00\x01binary\xff" * 50,
+                                  b"just some words\nwithout any header\n"])
+def test_import_of_something_that_is_not_mail_is_a_400(client, auth, data):
+    response = client.post("/import", data=data, headers={**auth, **RAW})
+    assert response.status_code == 400 and response.get_json()["success"] is False
+    assert "not an importable message" in response.get_json()["error"]
+
+
+def test_import_needs_message_rfc822(client, auth):
+    response = client.post("/import", data=_message("x"), headers={**auth, "Content-Type": "application/json"})
+    assert response.status_code == 415 and "message/rfc822" in response.get_json()["error"]
+
+
+def test_import_over_the_body_cap_is_a_413(make_app):
+    client = make_app(MAX_BODY_MB="1", RATELIMIT_ENABLED="false").test_client()
+    raw = _message("big", text="x" * (1024 * 1024 + 10))
+    response = client.post("/import", data=raw, headers={"Authorization": f"Bearer {API_KEY}", **RAW})
+    assert response.status_code == 413 and response.get_json()["error"] == "Request body too large"
+
+
+def test_import_needs_the_bearer_key(client):
+    assert client.post("/import", data=_message("x"), headers=RAW).status_code == 401
+
+
+def test_import_has_its_own_rate_limit(make_app):
+    client = make_app(RATELIMIT_IMPORT="2 per minute").test_client()
+    headers = {"Authorization": f"Bearer {API_KEY}", **RAW}
+    statuses = [client.post("/import", data=_message(f"limited {n}"), headers=headers).status_code for n in range(3)]
+    assert statuses == [201, 201, 429]
+
+
+# --- flask export / flask import ---------------------------------------------------------------
+
+def _seed(archive, count=3):
+    moment = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    return [_ingest_at(archive, f"seed {n}", moment + timedelta(days=n)) for n in range(count)]
+
+
+def test_export_command_writes_an_mbox_and_rewrites_it_safely(app, tmp_path):
+    _seed(app.extensions["archive"])
+    output = tmp_path / "out" / "all.mbox"
+    output.parent.mkdir()
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["export", "--format", "mbox", str(output)])
+    assert result.exit_code == 0, result.output
+    assert "exported 3 message(s)" in result.output
+    assert [m["Subject"] for m in mailbox.mbox(output, create=False)] == ["seed 0", "seed 1", "seed 2"]
+    result = runner.invoke(args=["export", "--since", "2020-01-02T00:00:00Z", str(output)])
+    assert "exported 2 message(s)" in result.output
+    assert len(mailbox.mbox(output, create=False)) == 2
+    assert sorted(p.name for p in output.parent.iterdir()) == ["all.mbox"]
+
+
+def test_export_command_writes_eml_files_and_resumes(app, tmp_path):
+    ids = _seed(app.extensions["archive"])
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["export", "--format", "eml", str(tmp_path / "eml")])
+    assert result.exit_code == 0, result.output
+    files = sorted((tmp_path / "eml").iterdir())
+    assert [f.name for f in files] == [f"2020010{n + 1}T000000Z-{ids[n]}.eml" for n in range(3)]
+    files[0].unlink()
+    result = runner.invoke(args=["export", "--format", "eml", str(tmp_path / "eml")])
+    assert "exported 1 message(s)" in result.output and "skipped 2 already there" in result.output
+    parsed = email.message_from_bytes(files[0].read_bytes(), policy=policy.default)
+    assert parsed["Subject"] == "seed 0"
+
+
+def test_export_command_refuses_a_bad_filter(app, tmp_path):
+    result = app.test_cli_runner().invoke(args=["export", "--from-email", "nobody", str(tmp_path / "x.mbox")])
+    assert result.exit_code == 2 and "'from_email' must be an email address" in result.output
+
+
+def test_import_command_reads_files_directories_and_mboxes(app, tmp_path):
+    runner = app.test_cli_runner()
+    mbox_path = tmp_path / "old.mbox"
+    box = mailbox.mbox(mbox_path)
+    for n in range(3):
+        box.add(_message(f"boxed {n}", text=f"From the mbox {n}\nline"))
+    box.flush()
+    box.close()
+    tree = tmp_path / "tree" / "nested"
+    tree.mkdir(parents=True)
+    for name in ("attachments", "latin1"):
+        (tree / f"{name}.eml").write_bytes((FIXTURES / f"{name}.eml").read_bytes())
+    (tree / "broken.eml").write_bytes(b"this is not an email at all")
+    (tree / ".hidden.eml").write_bytes(b"skipped")
+    result = runner.invoke(args=["import", str(mbox_path), str(tmp_path / "tree"), str(tmp_path / "missing.eml")])
+    assert result.exit_code == 1
+    assert "stored 5, duplicate 0, failed 2" in result.output
+    assert "broken.eml: not an RFC 5322 message" in result.output
+    assert "missing.eml: no such file or directory" in result.output
+    archive = app.extensions["archive"]
+    assert archive.emails.count_documents({"source": "import"}) == 5
+    assert archive.emails.find_one({"subject": "boxed 1"})["text"] == "From the mbox 1\nline"
+    again = runner.invoke(args=["import", str(mbox_path), str(tree / "latin1.eml")])
+    assert again.exit_code == 0 and "stored 0, duplicate 4, failed 0" in again.output
