@@ -368,8 +368,8 @@ class MessageSource:
             yield quote(following[len(linesep):] if following.startswith(linesep) else following)
 
     def _part_chunks(self, slot: PartSlot) -> Generator[bytes, None, None]:
-        record, blob = self.archive.part(self.email_id, position=slot.position)
-        if record is None or blob is None:
+        blob = self.archive.part_stream(slot.record)
+        if blob is None:
             log.error("export: part content missing email_id=%s position=%d", self.email_id, slot.position)
             return (chunk for chunk in ())
         return blob.chunks

@@ -121,8 +121,13 @@ def test_client_disconnect_stops_the_export(app, client, auth, monkeypatch):
         archive.ingest(message_with_attachment(bytes([n]) * 3_000_000, subject=f"big {n}"),
                        received_at=moment + timedelta(minutes=n))
     reads = []
-    original_part = type(archive).part
-    monkeypatch.setattr(type(archive), "part", lambda self, *a, **k: reads.append(k) or original_part(self, *a, **k))
+    original = archive.part_stream
+
+    def counted(record):
+        reads.append(original(record))
+        return reads[-1]
+
+    monkeypatch.setattr(archive, "part_stream", counted)
     response = client.get("/export.mbox", headers=auth)
     chunks = iter(response.response)
     received = b""
@@ -131,6 +136,7 @@ def test_client_disconnect_stops_the_export(app, client, auth, monkeypatch):
     next(chunks)
     response.close()  # what the WSGI server does when the client goes away
     assert len(reads) == 1
+    assert reads[0].chunks.gi_frame is None  # the part's cursor was closed, not left open
     with pytest.raises(StopIteration):
         next(chunks)
 

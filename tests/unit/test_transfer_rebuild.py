@@ -248,10 +248,10 @@ def test_large_attachment_is_streamed_in_bounded_chunks(app):
     assert all(len(line) <= 78 for line in re.split(rb"\r\n", b"".join(chunks)))
 
 
-def test_missing_part_content_still_gives_a_parseable_message(app):
+def test_missing_part_content_still_gives_a_parseable_message(app, monkeypatch):
     archive = app.extensions["archive"]
     email_id = archive.ingest(message_with_attachment(b"gone soon")).email_id
-    archive.database["blobs.files"].delete_many({})
+    monkeypatch.setattr(archive, "part_stream", lambda record: None)
     parsed = email.message_from_bytes(_rebuilt(archive, email_id), policy=policy.default)
     assert [p.get_content_type() for p in parsed.walk()] == ["multipart/mixed", "text/plain",
                                                               "application/octet-stream"]
