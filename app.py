@@ -6,10 +6,10 @@ A configuration error stops start-up with one line naming the variable, exit sta
 import sys
 
 from improvmx_archive import create_app
-from improvmx_archive.config import ConfigError
+from improvmx_archive.config import EXIT_CONFIG_ERROR, ConfigError, error_line
 
 try:
     app = create_app()
 except ConfigError as error:
-    print(f"improvmx-webhook: configuration error: {error}", file=sys.stderr)
-    sys.exit(2)
+    print(error_line(error), file=sys.stderr)
+    sys.exit(EXIT_CONFIG_ERROR)

@@ -6,12 +6,16 @@ can be changed through gunicorn's own GUNICORN_CMD_ARGS or the command line, whi
 applies after this file.
 """
 
+import ctypes
 import logging
 import os
 import re
 import signal
+import subprocess
+import sys
 
 from gunicorn import glogging
+from gunicorn.errors import HaltServer
 
 # Loopback only by default: Caddy on the same host is the only client. On a scaled-out app
 # host GUNICORN_BIND adds the private address Caddy dials (comma-separated binds, e.g.
@@ -58,12 +62,57 @@ max_requests_jitter = 200
 
 proc_name = "improvmx-webhook"
 
-# gunicorn loses a stop signal (TERM, INT, QUIT) that reaches a worker between its fork and
-# the moment the worker installs its own handlers: the worker then runs on until
-# graceful_timeout, so a stop or restart soon after a start or reload hangs for two minutes.
-# Keep those signals blocked from just before the fork until the worker is initialised; a
-# signal sent meanwhile waits and is handled then.
+# Check the settings in the master before any worker is forked. A worker that exits on a
+# configuration error is simply forked again, many times a second, while the master keeps
+# listening (gunicorn halts only for its own boot-error codes), and systemd sees it "active".
+# The check runs in a child interpreter so the master never imports the application: a HUP
+# reload must import new code in the new workers.
+_SETTINGS_CHECK = [sys.executable, "-c", "from improvmx_archive.config import exit_if_invalid; exit_if_invalid()"]
+
+
+def _settings_error() -> str | None:
+    """The one-line configuration error, or None when the settings are valid."""
+    result = subprocess.run(_SETTINGS_CHECK, capture_output=True, text=True, timeout=60)
+    if result.returncode == 0:
+        return None
+    return result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "configuration check failed"
+
+
+def on_starting(server) -> None:
+    """In the master, before it listens or forks: a configuration error stops start-up;
+    then the metrics directory is emptied (see _fresh_metrics_directory)."""
+    error = _settings_error()
+    if error:
+        print(error, file=sys.stderr, flush=True)
+        sys.exit(2)
+    _fresh_metrics_directory()
+
+
+def on_reload(server) -> None:
+    """On HUP, before new workers are forked: a broken configuration stops the service with
+    the message rather than leaving it up with workers that can never boot."""
+    error = _settings_error()
+    if error:
+        raise HaltServer(error, 2)
+
+
+# Stop signals (TERM, INT, QUIT) must work at every moment of a worker's life. gunicorn would
+# lose one that arrives between the fork and the worker's own handlers (the worker then runs
+# on until graceful_timeout), so the master blocks them just before the fork. The new worker
+# then, first thing, unblocks them with a handler that simply exits: while it boots it has no
+# request to finish, and a boot that hangs or fails (MongoDB unreachable, an import error)
+# must not make it deaf to a stop. Once booted it takes gunicorn's graceful handlers.
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _exit_while_booting(signum, frame) -> None:
+    os._exit(0)
+
+
+def _stop_means_exit() -> None:
+    for stop in _STOP_SIGNALS:
+        signal.signal(stop, _exit_while_booting)
 
 
 def pre_fork(server, worker) -> None:
@@ -71,9 +120,31 @@ def pre_fork(server, worker) -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
 
 
-def post_worker_init(worker) -> None:
-    """In the worker, once its own signal handlers are in place."""
+def post_fork(server, worker) -> None:
+    """In the worker, right after the fork: stop signals work from here on, and the worker
+    gets SIGTERM (a graceful stop) if its master dies, so none outlives a killed master."""
+    _stop_means_exit()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != server.pid:  # the master died before the request above took effect
+        os._exit(0)
+    # gunicorn installs its graceful handlers before it loads the app; keep exiting on a stop
+    # until the app has loaded.
+    install_gunicorn_handlers = worker.init_signals
+
+    def init_signals() -> None:
+        install_gunicorn_handlers()
+        _stop_means_exit()
+
+    worker.init_signals = init_signals
+
+
+def post_worker_init(worker) -> None:
+    """In the worker, once the app is loaded: a stop now lets requests in flight finish."""
+    signal.signal(signal.SIGTERM, worker.handle_exit)
+    signal.signal(signal.SIGINT, worker.handle_quit)
+    signal.signal(signal.SIGQUIT, worker.handle_quit)
 
 
 # And in the master right after the fork.
@@ -150,7 +221,7 @@ def _metrics_directory() -> str:
     return tempfile.mkdtemp(prefix=_METRICS_TEMPORARY_PREFIX)
 
 
-def on_starting(server) -> None:
+def _fresh_metrics_directory() -> None:
     """In the master, before the first worker: an empty metrics directory for this run."""
     directory = _metrics_directory()
     os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -168,7 +239,7 @@ def child_exit(server, worker) -> None:
 
 
 def on_exit(server) -> None:
-    """Remove the metrics directory if on_starting made it (decided by its name, as a HUP
+    """Remove the metrics directory if _fresh_metrics_directory made it (decided by its name, as a HUP
     re-reads this file and forgets any variable set here)."""
     import shutil
     import tempfile

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote_plus, urlsplit
@@ -249,3 +250,23 @@ class Settings:
             notify_max_hours=_number(env, "NOTIFY_MAX_HOURS", 24, 0.1),
             log_level=log_level,
         )
+
+
+EXIT_CONFIG_ERROR = 2
+
+
+def error_line(error: ConfigError) -> str:
+    """The one line an operator sees for a configuration error, wherever start-up stops."""
+    return f"improvmx-webhook: configuration error: {error}"
+
+
+
+def exit_if_invalid() -> None:
+    """Exit 2 with the one-line message when the settings are invalid. gunicorn's master runs
+    this (in a child interpreter, so the master never imports the app) before it forks a
+    worker: a configuration error then stops the service instead of boot-looping workers."""
+    try:
+        Settings.from_env()
+    except ConfigError as error:
+        print(error_line(error), file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)

@@ -113,21 +113,6 @@ def test_error_log_masks_the_webhook_secret(gunicorn_logger):
     assert "s3cr3t" not in buffer.getvalue()
 
 
-def test_stop_signals_wait_while_a_worker_starts():
-    """gunicorn would lose a TERM that reaches a worker before its handlers exist (the stop
-    then hangs for graceful_timeout): blocked from pre_fork until post_worker_init."""
-    namespace: dict = {}
-    exec(compile((REPO / "gunicorn.conf.py").read_text(), "gunicorn.conf.py", "exec"), namespace)
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-    try:
-        namespace["pre_fork"](None, None)
-        assert {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT} <= signal.pthread_sigmask(signal.SIG_BLOCK, [])
-        namespace["post_worker_init"](None)
-        assert not {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT} & signal.pthread_sigmask(signal.SIG_BLOCK, [])
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
-
-
 def test_shellcheck_passes_on_both_scripts():
     require_tools("shellcheck")
     result = subprocess.run(["shellcheck", "--external-sources", "install_service.sh", "uninstall_service.sh",

@@ -24,7 +24,7 @@ def test_a_named_directory_is_emptied_of_a_previous_runs_values(monkeypatch, tmp
     stale.parent.mkdir()
     stale.write_bytes(b"old counts")
     config = _config(monkeypatch, PROMETHEUS_MULTIPROC_DIR=str(stale.parent))
-    config["on_starting"](None)
+    config["_fresh_metrics_directory"]()
     assert not stale.exists() and os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(stale.parent)
     config["on_exit"](None)
     assert stale.parent.is_dir()  # the operator's directory is kept
@@ -32,14 +32,14 @@ def test_a_named_directory_is_emptied_of_a_previous_runs_values(monkeypatch, tmp
 
 def test_systemd_runtime_directory_is_used_under_the_unit(monkeypatch, tmp_path):
     config = _config(monkeypatch, RUNTIME_DIRECTORY=str(tmp_path))
-    config["on_starting"](None)
+    config["_fresh_metrics_directory"]()
     assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path / "metrics")
     assert (tmp_path / "metrics").is_dir()
 
 
 def test_without_either_a_temporary_directory_lives_as_long_as_the_master(monkeypatch):
     config = _config(monkeypatch)
-    config["on_starting"](None)
+    config["_fresh_metrics_directory"]()
     directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     assert directory.is_dir()
     config["on_exit"](None)

@@ -1,0 +1,151 @@
+"""The shipped gunicorn.conf.py under a real gunicorn: a configuration error stops the master
+before any worker is forked, a booting worker obeys SIGTERM, and no worker outlives a
+SIGKILLed master."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from devtools import processes
+
+pytestmark = pytest.mark.slow
+
+API_KEY = "lifecycle-key-0123456789abcdef"
+STOP_SIGNAL_BITS = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGQUIT - 1))
+
+
+def _env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("API_KEY", "MONGO_", "GUNICORN"))}
+    env.update(API_KEY=API_KEY, RATELIMIT_STORAGE_URI="memory://", SPOOL_DIR=str(tmp_path / "spool"),
+               BACKGROUND_TASKS="false", PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
+    env.update(overrides)
+    return env
+
+
+def _gunicorn(env: dict[str, str], *args: str, **options) -> subprocess.Popen:
+    argv = [str(Path(sys.executable).parent / "gunicorn"), "--config", str(processes.REPO_ROOT / "gunicorn.conf.py"),
+            "--bind", f"127.0.0.1:{processes.free_port()}", *args, "app:app"]
+    return subprocess.Popen(argv, cwd=processes.REPO_ROOT, env=env, start_new_session=True, **options)
+
+
+def _status(pid: int) -> dict[str, str]:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return {}
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def _alive(pid: int) -> bool:
+    state = _status(pid).get("State", "")
+    return bool(state) and not state.startswith(("Z", "X"))
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _status(int(entry.name)).get("PPid", "").strip() == str(pid):
+            found.append(int(entry.name))
+    return found
+
+
+def _wait(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+@pytest.fixture
+def unanswering_mongo():
+    """A port that accepts connections and never answers: MongoDB hanging, so a worker's
+    start-up (which confirms the indexes) stays in its boot for as long as the timeout."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    yield f"mongodb://127.0.0.1:{listener.getsockname()[1]}/?directConnection=true"
+    listener.close()
+
+
+@pytest.mark.parametrize("broken", [{"API_KEY": ""}, {"API_KEY": "short"}, {"MONGO_URI": "http://db/"}],
+                         ids=["empty-key", "short-key", "bad-uri"])
+def test_a_configuration_error_stops_the_master_before_any_worker(tmp_path, broken):
+    env = _env(tmp_path, **{"MONGO_URI": "mongodb://127.0.0.1:1/", **broken})
+    started = time.monotonic()
+    master = _gunicorn(env, "--workers", "2", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, _ = master.communicate(timeout=30)
+    assert master.returncode == 2, output
+    assert time.monotonic() - started < 15
+    assert "improvmx-webhook: configuration error:" in output
+    assert "Booting worker" not in output and API_KEY not in output
+
+
+def test_flask_stops_on_a_configuration_error(tmp_path):
+    result = subprocess.run([str(Path(sys.executable).parent / "flask"), "--app", "app", "check"],
+                            cwd=processes.REPO_ROOT, env=_env(tmp_path, API_KEY="", MONGO_URI="mongodb://db/"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("improvmx-webhook: configuration error: API_KEY")
+
+
+def test_dev_sh_stops_on_a_configuration_error(tmp_path):
+    env = _env(tmp_path, API_KEY="short", MONGO_URI="mongodb://127.0.0.1:1/", DEV_DATA=str(tmp_path / "dev"),
+               PORT=str(processes.free_port()))
+    result = subprocess.run([sys.executable, "-m", "devtools.devserver"], cwd=processes.REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "improvmx-webhook: configuration error: API_KEY" in result.stderr
+
+
+def test_a_booting_worker_obeys_sigterm(tmp_path, unanswering_mongo):
+    env = _env(tmp_path, MONGO_URI=unanswering_mongo, MONGO_TIMEOUT_MS="60000")
+    log = open(tmp_path / "gunicorn.log", "wb")
+    master = _gunicorn(env, "--workers", "2", stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert _wait(lambda: len(_children(master.pid)) == 2, 20), (tmp_path / "gunicorn.log").read_text()
+        workers = _children(master.pid)
+        time.sleep(1.0)  # well inside their boot: each waits up to 60 s for MongoDB
+        for pid in workers:
+            assert int(_status(pid)["SigBlk"], 16) & STOP_SIGNAL_BITS == 0
+        os.kill(workers[0], signal.SIGTERM)
+        assert _wait(lambda: not _alive(workers[0]), 5), "a booting worker ignored SIGTERM"
+        started = time.monotonic()
+        master.terminate()
+        master.wait(15)
+        assert time.monotonic() - started < 10
+        assert _wait(lambda: not any(_alive(pid) for pid in workers), 5)
+    finally:
+        if master.poll() is None:
+            os.killpg(master.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.mark.parametrize("phase", ["booted", "booting"])
+def test_no_worker_outlives_a_killed_master(tmp_path, phase, secantus_uri, secantus_db_name, unanswering_mongo):
+    uri = secantus_uri if phase == "booted" else unanswering_mongo
+    env = _env(tmp_path, MONGO_URI=uri, MONGO_DB=secantus_db_name, MONGO_TIMEOUT_MS="60000")
+    log = open(tmp_path / "gunicorn.log", "wb")
+    master = _gunicorn(env, "--workers", "2", stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert _wait(lambda: len(_children(master.pid)) == 2, 20), (tmp_path / "gunicorn.log").read_text()
+        workers = _children(master.pid)
+        if phase == "booted":
+            assert _wait(lambda: (tmp_path / "gunicorn.log").read_text().count("Booting worker") == 2, 20)
+            time.sleep(2.0)
+        os.kill(master.pid, signal.SIGKILL)
+        master.wait(5)
+        assert _wait(lambda: not any(_alive(pid) for pid in workers), 10), [_status(p) for p in workers]
+    finally:
+        for pid in _children(master.pid):
+            os.kill(pid, signal.SIGKILL)
+        log.close()
