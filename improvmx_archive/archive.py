@@ -29,12 +29,15 @@ from pymongo.errors import (
 
 from . import blobrefs
 from .db import ACKNOWLEDGED, DURABLE, DatabaseUnavailable, create_indexes
+from .indexer import Vocabulary, pending_marker
+from .listing import CursorCodec, Filters, Page, after_position
 from .notify import mark_for_notification
 from .parts import INLINE_DATA, BlobStore, BlobStream, Decoded, inline_stream, inspect_part
 from .payload import (
     Message, Part, accepts_domains, escape_keys, idempotency_key, normalise, replace_lone_surrogates,
     unescape_keys,
 )
+from .query import MAX_PREFIX_EXPANSION, compile_search
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,8 @@ TRANSIENT_LABELS = ("RetryableWriteError", "RetryableError", "SystemOverloadedEr
 BODY_INLINE_LIMIT = 1024 * 1024  # larger text/html bodies go to GridFS
 DOCUMENT_LIMIT = 15 * 1024 * 1024  # stay clear of MongoDB's 16 MB document cap
 GC_BATCH = 500  # candidate blobs checked per query of the blob_ids index
-SUMMARY_EXCLUDE = {"text": 0, "html": 0, "headers": 0, "overflow": 0, "bodies": 0, "blob_ids": 0}
+SUMMARY_EXCLUDE = {"text": 0, "html": 0, "headers": 0, "overflow": 0, "bodies": 0, "blob_ids": 0,
+                   "tokens": 0, "search": 0, "subject_trigrams": 0}
 
 
 def _database_unavailable(error: PyMongoError) -> bool:
@@ -66,8 +70,11 @@ class RecipientNotAccepted(Exception):
 
 
 def index_hint(query: dict[str, Any]) -> str | None:
-    """Subject searches name their index: a regex next to the trigram condition makes some
-    planners (SecantusDB's) fall back to a collection scan."""
+    """Searches name their index: next to the residual conditions (regexes, negations) some
+    planners (SecantusDB's) fall back to a collection scan. A top-level `tokens` condition
+    is always the `q` driver (Archive.filter_for puts every other token condition in $and)."""
+    if "tokens" in query:
+        return "by_token"
     if "subject_trigrams" in query:
         return "by_subject_trigram"
     if "subject_lower" in query:
@@ -109,7 +116,9 @@ class Archive:
         self.emails = database.emails
         self.durable_emails = database.get_collection("emails", write_concern=DURABLE)
         self.blobs = BlobStore(database, write_concern=ACKNOWLEDGED)
+        self.vocabulary = Vocabulary(database)
         self._indexes_ready = False
+        self._cursors: CursorCodec | None = None
 
     def ensure_indexes(self) -> None:
         """Create the indexes once per process. The unique idempotency index must exist
@@ -198,6 +207,7 @@ class Archive:
             "attachment_count": len(records["attachments"]),
             "has_attachments": bool(records["attachments"]),
             "flags": flags,
+            **pending_marker(),
         }
         if bodies:
             document["bodies"] = bodies
@@ -255,14 +265,53 @@ class Archive:
         hint = index_hint(query)
         return cursor.hint(hint) if hint else cursor
 
-    def search(self, query: dict[str, Any], skip: int, limit: int) -> tuple[list[dict], int]:
-        """A page of summaries, newest first, and the total number matching."""
-        page = [unescape_keys(doc) for doc in self.page_cursor(query, skip, limit)]
-        if not query:
-            return page, self.emails.estimated_document_count()
-        hint = index_hint(query)
-        total = self.emails.count_documents(query, hint=hint) if hint else self.emails.count_documents(query)
-        return page, total
+    def filter_for(self, filters: Filters) -> dict[str, Any]:
+        """The MongoDB filter of a listing: the plain parameters, the `q` driver as the one
+        top-level `tokens` condition, every other search condition under $and."""
+        query = dict(filters.query)
+        if filters.search is None:
+            return query
+        compiled = compile_search(filters.search, lambda prefix: self.vocabulary.expand(prefix, MAX_PREFIX_EXPANSION))
+        if compiled.driver:
+            query.update(compiled.driver)
+        extra = []
+        for clause in compiled.residual:
+            key = next(iter(clause)) if len(clause) == 1 else None
+            if key and not key.startswith("$") and key != "tokens" and key not in query:
+                query[key] = clause[key]
+            else:
+                extra.append(clause)
+        if extra:
+            query["$and"] = extra
+        return query
+
+    def list_page(self, filters: Filters, cursor: str | None = None, limit: int = 10,
+                  count: bool = True, skip: int = 0) -> Page:
+        """One page of summaries, newest first, from the position a cursor names (from the
+        top without one), and the cursor of the page after it. `count=False` skips counting
+        every match, which costs more than the page for broad searches. Raises QueryError
+        (400) for a cursor that is not one of this archive's for these filters."""
+        if self._cursors is None:
+            self._cursors = CursorCodec.from_database(self.database)
+        query = self.filter_for(filters)
+        paged = query
+        if cursor:
+            received_at, email_id = self._cursors.decode(filters.fingerprint, cursor)
+            paged = {**query, "$and": [*query.get("$and", []), *after_position(received_at, email_id)]}
+        documents = list(self.page_cursor(paged, skip, limit + 1))
+        following = None
+        if len(documents) > limit:
+            documents = documents[:limit]
+            last = documents[-1]
+            following = self._cursors.encode(filters.fingerprint, last["received_at"], last["_id"])
+        total = None
+        if count:
+            hint = index_hint(query)
+            if not query:
+                total = self.emails.estimated_document_count()
+            else:
+                total = self.emails.count_documents(query, hint=hint) if hint else self.emails.count_documents(query)
+        return Page([unescape_keys(doc) for doc in documents], following, total)
 
     def set_processed(self, email_id: str, processed: bool) -> dict[str, Any] | None:
         if not ObjectId.is_valid(email_id):

@@ -32,6 +32,10 @@ EMAIL_INDEXES = [
     IndexModel([("has_attachments", ASCENDING), ("received_at", DESCENDING), ("_id", DESCENDING)],
                name="by_attachments"),
     IndexModel([("subject_trigrams", ASCENDING)], name="by_subject_trigram"),
+    # Search (indexer.py): a word of `q` walks its index entries already in page order;
+    # the sparse marker finds messages still waiting to be indexed.
+    IndexModel([("tokens", ASCENDING), ("received_at", DESCENDING), ("_id", DESCENDING)], name="by_token"),
+    IndexModel([("search_pending", ASCENDING)], name="search_pending", sparse=True),
     # Whether anything still references a blob (deletion, orphan collection): blobrefs.py.
     IndexModel([("blob_ids", ASCENDING)], name="by_blob"),
 ]

@@ -23,22 +23,8 @@ KNOWN_FIELDS = (
 )
 PART_KINDS = ("attachments", "inlines")
 SNIPPET_LENGTH = 200
-# Subjects with more distinct trigrams than this store only LONG_SUBJECT, which every subject
-# search also matches (then filtered by the exact substring), so nothing is ever missed.
-TRIGRAM_LIMIT = 1000
-LONG_SUBJECT = ""
 _TAGS = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]+>", re.S | re.I)
 _SPACES = re.compile(r"\s+")
-
-
-def trigrams(text: str) -> list[str]:
-    """Distinct 3-character substrings: lets a substring search on subjects use an index."""
-    return sorted({text[i:i + 3] for i in range(len(text) - 2)})
-
-
-def subject_index_terms(subject_lower: str) -> list[str]:
-    grams = trigrams(subject_lower)
-    return grams if len(grams) <= TRIGRAM_LIMIT else [LONG_SUBJECT]
 
 
 def parse_address(value: Any) -> dict[str, str | None] | None:
@@ -278,7 +264,6 @@ def normalise(payload: dict[str, Any]) -> Message:
         "to_emails": _lower_emails(to_addresses),
         "recipients": _lower_emails(recipients),
         "subject_lower": subject_text.lower(),
-        "subject_trigrams": subject_index_terms(subject_text.lower()),
         "snippet": make_snippet(text, html),
     }
     return Message(fields=fields, extra=extra, parts=parts, derived=derived, flags=flags)

@@ -11,110 +11,17 @@ from urllib.parse import quote
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from ..errors import ApiError
-from ..payload import LONG_SUBJECT, trigrams
+from ..listing import parse_filters, parse_page
 from ..ratelimit import configured_limit, limiter
 from ..security import require_api_key
 
 bp = Blueprint("emails", __name__)
 
-MAX_LIMIT = 100
-MAX_SKIP = 10_000_000
-_TRUE = {"true", "1", "yes"}
-_FALSE = {"false", "0", "no"}
 _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
 # Shown inline only when a browser cannot run script from it; everything else downloads.
 INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf"}
-INTERNAL_FIELDS = {"idempotency_key", "blob_ids", "subject_lower", "subject_trigrams", "to_emails", "recipients", "bodies", "overflow"}
-
-
-def _int_param(name: str, default: int, minimum: int, maximum: int) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"'{name}' must be an integer") from None
-    if not minimum <= value <= maximum:
-        raise ApiError(400, f"'{name}' must be between {minimum} and {maximum}")
-    return value
-
-
-def _bool_param(name: str) -> bool | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return None
-    if raw.lower() in _TRUE:
-        return True
-    if raw.lower() in _FALSE:
-        return False
-    raise ApiError(400, f"'{name}' must be true or false")
-
-
-def _date_param(name: str) -> datetime | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        moment = datetime.fromisoformat(raw.strip().replace(" ", "+"))
-    except ValueError:
-        raise ApiError(400, f"'{name}' must be an ISO 8601 date or date-time, e.g. 2026-01-31T12:00:00Z") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def _address_param(name: str) -> str | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return None
-    value = raw.strip().lower()
-    if "@" not in value or len(value) > 320:
-        raise ApiError(400, f"'{name}' must be an email address")
-    return value
-
-
-def subject_query(term: str) -> dict[str, Any]:
-    """Substring match on the subject, narrowed through the trigram index by the term's
-    rarest trigram (terms under three characters scan the newest-first index instead)."""
-    query: dict[str, Any] = {"subject_lower": {"$regex": re.escape(term)}}
-    grams = trigrams(term)
-    if grams:
-        query["subject_trigrams"] = {"$in": [max(grams, key=_rarity), LONG_SUBJECT]}
-    return query
-
-
-_LETTER_FREQUENCY = " etaoinshrdlcumwfgypbvkjxqz"
-
-
-def _rarity(gram: str) -> int:
-    """Higher for trigrams of uncommon characters: a cheap guess at index selectivity."""
-    return sum(_LETTER_FREQUENCY.find(ch) if ch in _LETTER_FREQUENCY else len(_LETTER_FREQUENCY)
-               for ch in gram)
-
-
-def build_query() -> dict[str, Any]:
-    """The MongoDB filter for the list endpoint's parameters; 400 on any invalid value."""
-    query: dict[str, Any] = {}
-    sender = _address_param("from_email")
-    if sender:
-        query["from_email"] = sender
-    recipient = _address_param("to")
-    if recipient:
-        query["recipients"] = recipient
-    subject = request.args.get("subject")
-    if subject:
-        if len(subject) > 500:
-            raise ApiError(400, "'subject' must be at most 500 characters")
-        query.update(subject_query(subject.lower()))
-    since, until = _date_param("since"), _date_param("until")
-    if since and until and since > until:
-        raise ApiError(400, "'since' must not be after 'until'")
-    if since or until:
-        query["received_at"] = {k: v for k, v in (("$gte", since), ("$lte", until)) if v}
-    for name in ("processed", "has_attachments"):
-        value = _bool_param(name)
-        if value is not None:
-            query[name] = value
-    return query
+INTERNAL_FIELDS = {"idempotency_key", "blob_ids", "subject_lower", "subject_trigrams", "to_emails", "recipients",
+                   "bodies", "overflow", "tokens", "search", "search_pending", "search_version"}
 
 
 def _iso(value: Any) -> Any:
@@ -153,11 +60,12 @@ def present(document: dict[str, Any]) -> dict[str, Any]:
 @require_api_key
 @limiter.limit(configured_limit("RATELIMIT_LIST"))
 def list_emails():
-    limit = _int_param("limit", 10, 1, MAX_LIMIT)
-    skip = _int_param("skip", 0, 0, MAX_SKIP)
-    query = build_query()
-    page, total = current_app.extensions["archive"].search(query, skip, limit)
-    return jsonify(success=True, count=len(page), total=total, emails=[present(doc) for doc in page])
+    filters = parse_filters(request.args)
+    wanted = parse_page(request.args)
+    page = current_app.extensions["archive"].list_page(filters, wanted.cursor, wanted.limit, wanted.count,
+                                                       wanted.skip)
+    return jsonify(success=True, count=len(page.emails), total=page.total, next=page.next,
+                   emails=[present(doc) for doc in page.emails])
 
 
 def _found(document):

@@ -1,0 +1,223 @@
+"""Search indexing off the webhook's path: what a message is searchable by, and the background
+pass that writes it.
+
+Ingest only marks a new message `search_pending` (a sparse index finds the marked few; spool
+replays store old ObjectIds hours late, so id ranges cannot find pending work). The pass, run
+from the Maintenance thread of one worker at a time (a lease), indexes pending messages in
+batches until none is left, so a burst or an outage is caught up by the next passes. A
+message is searchable by `q` (and `subject=`) once its pass has run: seconds after arrival.
+
+Per message it writes:
+- `tokens`: distinct words (tokens.words) of the subject, sender and recipient names and
+  addresses, attachment and inline file names, and the first BODY_CHARS characters of the
+  text body (or of the HTML body's text when there is no text part), at most MAX_TOKENS,
+  plus one `mid:` token for the Message-ID. Indexed with (received_at, _id) after it.
+- `search`: the same words in order per field, for phrase and field checks on candidates.
+- `subject_trigrams`: for the `subject=` substring parameter.
+- `search_terms` (a collection, _id = word): the vocabulary `prefix*` terms expand through.
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+from pymongo import ASCENDING
+from pymongo.errors import BulkWriteError
+
+from .payload import parse_address_list
+from .tokens import message_id_token, subject_index_terms, words
+
+log = logging.getLogger(__name__)
+
+SEARCH_VERSION = 1
+BODY_CHARS = 4096
+MAX_TOKENS = 600
+FIELD_CHARS = 8192  # each field's stored word sequence is cut here
+VALUE_SEPARATOR = " | "
+BATCH_SIZE = 100
+VOCABULARY = "search_terms"
+PENDING = "search_pending"
+KNOWN_TERMS_CACHED = 200_000
+_HTML_CHARS = BODY_CHARS * 16
+_TAGS = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]+>", re.S | re.I)
+# What the pass reads of each message: never headers, overflow or part bytes.
+PROJECTION = {"subject": 1, "from": 1, "to": 1, "cc": 1, "bcc": 1, "recipients": 1, "text": 1, "html": 1,
+              "bodies": 1, "attachments.name": 1, "inlines.name": 1, "message-id": 1, "subject_lower": 1,
+              PENDING: 1}
+
+
+def pending_marker() -> dict[str, datetime]:
+    """The field ingest adds to every new message: 'index me', with the time it was stored."""
+    return {PENDING: datetime.now(timezone.utc)}
+
+
+def _addresses(value: Any) -> list[str]:
+    found, _ = parse_address_list(value)
+    return [" ".join(filter(None, (address.get("name"), address["email"]))) for address in found]
+
+
+def _sequence(values: Iterable[str]) -> list[str]:
+    """Words of several values, ' | ' between values so no phrase matches across two."""
+    sequence: list[str] = []
+    for value in values:
+        found = words(value) if isinstance(value, str) else []
+        if found:
+            if sequence:
+                sequence.append("|")
+            sequence.extend(found)
+    return sequence
+
+
+def _html_text(html: str) -> str:
+    return html_lib.unescape(_TAGS.sub(" ", html[:_HTML_CHARS]))
+
+
+def body_text(document: dict[str, Any], read_spilled: Callable[[], dict[str, Any] | None]) -> str:
+    """The text the body is searchable by: the text part, or the HTML's text without one.
+    Bodies over the inline limit live in GridFS; read_spilled() gives the whole message."""
+    if document.get("bodies"):
+        document = read_spilled() or document
+    text, html = document.get("text"), document.get("html")
+    if isinstance(text, str) and text.strip():
+        return text[:BODY_CHARS]
+    if isinstance(html, str) and html.strip():
+        return _html_text(html)[:BODY_CHARS]
+    return ""
+
+
+def search_fields(document: dict[str, Any], body: str) -> dict[str, Any]:
+    """The `$set` that makes one message searchable (tokens, per-field words, trigrams)."""
+    names = [part.get("name") for kind in ("attachments", "inlines") for part in document.get(kind) or []
+             if isinstance(part, dict)]
+    subject = document.get("subject") if isinstance(document.get("subject"), str) else ""
+    to_values = _addresses(document.get("to")) + _addresses(document.get("cc")) + _addresses(document.get("bcc"))
+    listed = set(words(" ".join(to_values)))
+    extra_recipients = [a for a in document.get("recipients") or [] if not set(words(a)) <= listed]
+    fields = {
+        "s": _sequence([subject]),
+        "f": _sequence(_addresses(document.get("from"))),
+        "t": _sequence(to_values + extra_recipients),
+        "c": _sequence(_addresses(document.get("cc"))),
+        "n": _sequence(names),
+        "b": _sequence([body]),
+    }
+    tokens: dict[str, None] = {}
+    message_id = document.get("message-id")
+    if isinstance(message_id, str) and message_id.strip("<> "):
+        tokens[message_id_token(message_id)] = None
+    for key in ("s", "f", "t", "n", "b"):
+        for position, word in enumerate(fields[key]):
+            if word != "|" and word not in tokens:
+                if len(tokens) >= MAX_TOKENS:
+                    fields[key] = fields[key][:position]  # words past the cap are not searchable
+                    break
+                tokens[word] = None
+    return {
+        "tokens": list(tokens),
+        "search": {key: " ".join(sequence)[:FIELD_CHARS] for key, sequence in fields.items() if sequence},
+        "subject_trigrams": subject_index_terms(document.get("subject_lower") or subject.lower()),
+        "search_version": SEARCH_VERSION,
+    }
+
+
+class Vocabulary:
+    """Every word any message was indexed with (`search_terms`, _id = word), so a prefix
+    expands through an _id range on a collection without arrays, never a range on `tokens`."""
+
+    def __init__(self, database):
+        self.terms = database[VOCABULARY]
+        self._known: set[str] = set()
+
+    def add(self, tokens: Iterable[str]) -> None:
+        """Record new words; an insert racing another host's is a harmless duplicate."""
+        new = sorted({t for t in tokens if not t.startswith("mid:")} - self._known)
+        if not new:
+            return
+        try:
+            self.terms.insert_many([{"_id": token} for token in new], ordered=False)
+        except BulkWriteError as error:
+            if any(failure.get("code") != 11000 for failure in error.details.get("writeErrors", [])):
+                raise
+        if len(self._known) > KNOWN_TERMS_CACHED:
+            self._known.clear()
+        self._known.update(new)
+
+    def expand(self, prefix: str, limit: int) -> list[str] | None:
+        """Words starting with prefix, or None when there are more than limit of them."""
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        found = [entry["_id"] for entry in self.terms.find({"_id": {"$gte": prefix, "$lt": upper}}, {"_id": 1})
+                 .sort("_id", ASCENDING).limit(limit + 1)]
+        return None if len(found) > limit else found
+
+
+@dataclass
+class Backlog:
+    """How far search indexing is behind: messages waiting, and how long the oldest has."""
+
+    pending: int
+    oldest_seconds: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        oldest = None if self.oldest_seconds is None else round(self.oldest_seconds, 1)
+        return {"pending": self.pending, "oldest_pending_seconds": oldest}
+
+
+def backlog(database) -> Backlog:
+    """The indexer's lag, for health and metrics; two index-only reads of the sparse index."""
+    emails = database.emails
+    waiting = {PENDING: {"$exists": True}}
+    pending = emails.count_documents(waiting, hint="search_pending")
+    oldest = next(iter(emails.find(waiting, {PENDING: 1}).sort(PENDING, ASCENDING).hint("search_pending")
+                       .limit(1)), None)
+    if oldest is None:
+        return Backlog(pending, None)
+    age = (datetime.now(timezone.utc) - oldest[PENDING]).total_seconds()
+    return Backlog(pending, max(age, 0.0))
+
+
+class SearchIndexer:
+    """Writes search fields for messages, pending ones (the background pass) or any (reindex)."""
+
+    def __init__(self, archive, batch_size: int = BATCH_SIZE):
+        self.archive = archive
+        self.emails = archive.emails
+        self.vocabulary = Vocabulary(archive.database)
+        self.batch_size = batch_size
+
+    def index(self, documents: list[dict[str, Any]]) -> int:
+        """Index documents read with PROJECTION; returns how many were written. A message
+        deleted meanwhile is skipped; one stored again meanwhile keeps its new marker."""
+        updates: list[tuple[dict, dict]] = []
+        tokens: set[str] = set()
+        for document in documents:
+            fields = search_fields(document, body_text(document, lambda d=document: self.archive.find(str(d["_id"]))))
+            tokens.update(fields["tokens"])
+            condition = {"_id": document["_id"]}
+            change: dict[str, Any] = {"$set": fields}
+            if PENDING in document:
+                condition[PENDING] = document[PENDING]
+                change["$unset"] = {PENDING: ""}
+            updates.append((condition, change))
+        # Vocabulary first: a word is never findable by prefix later than by itself. One
+        # update per message: its index entries, not the round trip, are the cost.
+        self.vocabulary.add(tokens)
+        return sum(self.emails.update_one(condition, change).matched_count for condition, change in updates)
+
+    def index_pending(self, should_stop: Callable[[], bool] = lambda: False) -> int:
+        """Index pending messages a batch at a time until none is left or should_stop()."""
+        done = 0
+        while not should_stop():
+            batch = list(self.emails.find({PENDING: {"$exists": True}}, PROJECTION).hint("search_pending")
+                         .limit(self.batch_size))
+            if not batch:
+                break
+            written = self.index(batch)
+            done += written
+            if len(batch) < self.batch_size or not written:
+                break
+        return done
