@@ -204,7 +204,7 @@ def _queries(fig: dict, add) -> None:
         total = fig["sizes"][sizes[-1]]["ours"][name].get("total")
         add(f"| {name} | " + " | ".join(cells) + f" | {_f(total)} | {_f(fig['growth_p95'].get(name), 2)}x |")
     add("")
-    add("`explain()` of the list query the route runs (the app's own `build_query`), and of its count:")
+    add("`explain()` of the list query the route runs (the app's own `parse_filters`), and of its count:")
     add("")
     add("| query | filter | hint | winning plan | keys / docs examined | server ms | count plan |")
     add("|---|---|---|---|---|---|---|")

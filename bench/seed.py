@@ -197,7 +197,6 @@ def _plan_summary(node: dict | None) -> str:
 
 def _explain_job(job: dict) -> dict:
     import importlib
-    from urllib.parse import urlencode
 
     from pymongo import DESCENDING
 
@@ -208,7 +207,7 @@ def _explain_job(job: dict) -> dict:
     })
     from improvmx_archive import create_app
     from improvmx_archive.archive import SUMMARY_EXCLUDE
-    from improvmx_archive.routes.emails import build_query
+    from improvmx_archive.listing import parse_filters
 
     app = create_app()
     archive = app.extensions["archive"]
@@ -216,8 +215,7 @@ def _explain_job(job: dict) -> dict:
     hint_for = getattr(importlib.import_module("improvmx_archive.archive"), "index_hint", lambda query: None)
     out = {}
     for name, params in job["cases"]:
-        with app.test_request_context("/emails?" + urlencode(params)):
-            query = build_query()
+        query = archive.filter_for(parse_filters(params))
         skip, limit = int(params.get("skip", 0)), int(params.get("limit", 10))
         if hasattr(archive, "page_cursor"):  # exactly the cursor the route iterates
             cursor = archive.page_cursor(query, skip, limit)
@@ -255,7 +253,7 @@ def _explain_job(job: dict) -> dict:
 
 
 def explain(uri: str, db: str, api_key: str, cases: list[tuple[str, dict]], workdir: Path) -> dict:
-    """explain() of the exact query the list route runs (the app's own build_query)."""
+    """explain() of the exact query the list route runs (the app's own parse_filters)."""
     job = {"uri": uri, "db": db, "api_key": api_key, "cases": cases}
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(_explain_job, (job,))

@@ -265,6 +265,18 @@ class Archive:
         hint = index_hint(query)
         return cursor.hint(hint) if hint else cursor
 
+    def search(self, query: dict[str, Any], skip: int, limit: int) -> tuple[list[dict], int]:
+        """A page of summaries for a ready MongoDB filter, and the total matching: the call
+        the UI made before list_page existed."""
+        page = [unescape_keys(doc) for doc in self.page_cursor(query, skip, limit)]
+        return page, self._count(query)
+
+    def _count(self, query: dict[str, Any]) -> int:
+        if not query:
+            return self.emails.estimated_document_count()
+        hint = index_hint(query)
+        return self.emails.count_documents(query, hint=hint) if hint else self.emails.count_documents(query)
+
     def filter_for(self, filters: Filters) -> dict[str, Any]:
         """The MongoDB filter of a listing: the plain parameters, the `q` driver as the one
         top-level `tokens` condition, every other search condition under $and."""
@@ -304,13 +316,7 @@ class Archive:
             documents = documents[:limit]
             last = documents[-1]
             following = self._cursors.encode(filters.fingerprint, last["received_at"], last["_id"])
-        total = None
-        if count:
-            hint = index_hint(query)
-            if not query:
-                total = self.emails.estimated_document_count()
-            else:
-                total = self.emails.count_documents(query, hint=hint) if hint else self.emails.count_documents(query)
+        total = self._count(query) if count else None
         return Page([unescape_keys(doc) for doc in documents], following, total)
 
     def set_processed(self, email_id: str, processed: bool) -> dict[str, Any] | None:

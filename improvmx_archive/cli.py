@@ -1,4 +1,4 @@
-"""`flask` commands for operators: check, create-indexes, send-sample, gc-blobs, spool,
+"""`flask` commands for operators: check, create-indexes, reindex, send-sample, gc-blobs, spool,
 export and import."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from . import blobrefs
 from .archive import index_hint
 from .db import DatabaseUnavailable, create_indexes, ping
 from .errors import ApiError
+from .indexer import BATCH_SIZE, Reindex
 from .mailio import NotAMessage, MessageSource, eml_filename, find_import_files, import_raw, mbox_entry, oldest_first
 from .maintenance import collect_orphans
 from .notify import masked
@@ -58,6 +59,26 @@ def create_indexes_command():
         with click.progressbar(length=pending, label="adding blob_ids to older messages") as bar:
             migrated = blobrefs.backfill(database.emails, progress=bar.update)
     click.echo(f"ok: indexes created; {migrated} message(s) given blob_ids")
+
+
+@click.command("reindex")
+@with_appcontext
+@click.option("--all", "everything", is_flag=True,
+              help="Rebuild every message's search fields, not only those missing or made by older rules.")
+@click.option("--restart", is_flag=True, help="Forget the position an interrupted run saved; start from the oldest.")
+@click.option("--batch-size", default=BATCH_SIZE, show_default=True, type=click.IntRange(1, 10_000))
+def reindex_command(everything: bool, restart: bool, batch_size: int):
+    """Make messages stored before search existed searchable (safe while mail arrives;
+    an interrupted run resumes where it stopped)."""
+    archive = current_app.extensions["archive"]
+    archive.ensure_indexes()
+    job = Reindex(archive, everything=everything, restart=restart, batch_size=batch_size)
+    if job.report.resumed_after is not None:
+        click.echo(f"resuming after message {job.report.resumed_after} (--restart starts over)")
+    with click.progressbar(length=job.remaining(), label="indexing for search") as bar:
+        for covered in job.batches():
+            bar.update(covered)
+    click.echo(f"ok: indexed {job.report.indexed} message(s); {job.report.current} were already up to date")
 
 
 @click.command("send-sample")
@@ -320,6 +341,6 @@ def import_command(paths: tuple[Path, ...]):
 
 
 def register_commands(app: Flask) -> None:
-    for command in (check_command, create_indexes_command, send_sample_command, gc_blobs_command, spool_cli,
-                    notify_cli, export_command, import_command):
+    for command in (check_command, create_indexes_command, reindex_command, send_sample_command, gc_blobs_command,
+                    spool_cli, notify_cli, export_command, import_command):
         app.cli.add_command(command)

@@ -180,6 +180,7 @@ class Settings:
     spool_replay_interval: float = 30.0
     background_tasks: str = "auto"  # "auto": only in gunicorn workers; "on"; "off"
     blob_gc_interval: float = 6 * 3600.0  # seconds; 0 turns periodic orphan collection off
+    search_index_interval: float = 2.0  # seconds between passes of the search indexer
     metrics_tokens: tuple[str, ...] = ()  # empty: any API key may scrape /metrics
     ui_enabled: bool = True
     ui_session_hours: float = 12.0
@@ -241,6 +242,7 @@ class Settings:
             spool_replay_interval=_number(env, "SPOOL_REPLAY_INTERVAL", 30, 1),
             background_tasks=_background_tasks(env),
             blob_gc_interval=_number(env, "BLOB_GC_INTERVAL", 6 * 3600, 0),
+            search_index_interval=_number(env, "SEARCH_INDEX_INTERVAL", 2, 0.5),
             metrics_tokens=_tokens(env, "METRICS_TOKEN"),
             ui_enabled=_flag(env, "UI_ENABLED", True),
             ui_session_hours=_number(env, "UI_SESSION_HOURS", 12, 0.1),

@@ -5,7 +5,8 @@ Ingest only marks a new message `search_pending` (a sparse index finds the marke
 replays store old ObjectIds hours late, so id ranges cannot find pending work). The pass, run
 from the Maintenance thread of one worker at a time (a lease), indexes pending messages in
 batches until none is left, so a burst or an outage is caught up by the next passes. A
-message is searchable by `q` (and `subject=`) once its pass has run: seconds after arrival.
+message is searchable by `q` once its pass has run, seconds after arrival (`subject=` finds
+it at once: see pending_marker).
 
 Per message it writes:
 - `tokens`: distinct words (tokens.words) of the subject, sender and recipient names and
@@ -30,7 +31,7 @@ from pymongo import ASCENDING
 from pymongo.errors import BulkWriteError
 
 from .payload import parse_address_list
-from .tokens import message_id_token, subject_index_terms, words
+from .tokens import LONG_SUBJECT, message_id_token, subject_index_terms, words
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ VALUE_SEPARATOR = " | "
 BATCH_SIZE = 100
 VOCABULARY = "search_terms"
 PENDING = "search_pending"
+SEARCH_STATE = "search_state"
+REINDEX_STATE = "reindex"
 KNOWN_TERMS_CACHED = 200_000
 _HTML_CHARS = BODY_CHARS * 16
 _TAGS = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]+>", re.S | re.I)
@@ -51,9 +54,11 @@ PROJECTION = {"subject": 1, "from": 1, "to": 1, "cc": 1, "bcc": 1, "recipients":
               PENDING: 1}
 
 
-def pending_marker() -> dict[str, datetime]:
-    """The field ingest adds to every new message: 'index me', with the time it was stored."""
-    return {PENDING: datetime.now(timezone.utc)}
+def pending_marker() -> dict[str, Any]:
+    """What ingest adds to every new message: 'index me', with the time it was stored, and
+    the one trigram every `subject=` search also looks at, so the parameter finds a message
+    at once, as before, while its real trigrams wait for the indexer."""
+    return {PENDING: datetime.now(timezone.utc), "subject_trigrams": [LONG_SUBJECT]}
 
 
 def _addresses(value: Any) -> list[str]:
@@ -221,3 +226,49 @@ class SearchIndexer:
             if len(batch) < self.batch_size or not written:
                 break
         return done
+
+
+@dataclass
+class ReindexReport:
+    indexed: int = 0
+    current: int = 0  # already indexed by these rules, left alone
+    resumed_after: Any = None
+
+
+class Reindex:
+    """`flask reindex`: give every stored message its search fields, walking _id upwards in
+    batches and saving the position after each, so an interrupted run resumes where it
+    stopped. Safe while mail arrives: new messages are pending and the writes are idempotent."""
+
+    def __init__(self, archive, *, everything: bool = False, restart: bool = False,
+                 batch_size: int = BATCH_SIZE):
+        self.indexer = SearchIndexer(archive, batch_size)
+        self.emails = archive.emails
+        self.state = archive.database[SEARCH_STATE]
+        self.everything = everything
+        self.batch_size = batch_size
+        if restart:
+            self.state.delete_one({"_id": REINDEX_STATE})
+        saved = self.state.find_one({"_id": REINDEX_STATE}) or {}
+        self.report = ReindexReport(resumed_after=saved.get("position"))
+
+    def remaining(self) -> int:
+        after = self.report.resumed_after
+        return self.emails.count_documents({"_id": {"$gt": after}} if after is not None else {})
+
+    def batches(self):
+        """Index one batch per step, yielding how many messages it covered."""
+        position = self.report.resumed_after
+        while True:
+            condition = {"_id": {"$gt": position}} if position is not None else {}
+            batch = list(self.emails.find(condition, {**PROJECTION, "search_version": 1})
+                         .sort("_id", ASCENDING).limit(self.batch_size))
+            if not batch:
+                break
+            stale = [d for d in batch if self.everything or d.get("search_version") != SEARCH_VERSION]
+            self.report.indexed += self.indexer.index(stale)
+            self.report.current += len(batch) - len(stale)
+            position = batch[-1]["_id"]
+            self.state.update_one({"_id": REINDEX_STATE}, {"$set": {"position": position}}, upsert=True)
+            yield len(batch)
+        self.state.delete_one({"_id": REINDEX_STATE})

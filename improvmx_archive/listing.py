@@ -27,13 +27,13 @@ from typing import Any
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
+from .indexer import SEARCH_STATE
 from .query import QueryError, Search, normalised_text, parse
 from .tokens import LONG_SUBJECT, trigrams
 
 MAX_LIMIT = 100
 MAX_SKIP = 10_000_000
 MAX_SUBJECT_LENGTH = 500
-SEARCH_STATE = "search_state"
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 _LETTER_FREQUENCY = " etaoinshrdlcumwfgypbvkjxqz"

@@ -1,5 +1,6 @@
-"""Background upkeep in each gunicorn worker: replay the spool once MongoDB answers again, and
-now and then remove what a crash mid-ingest left behind in GridFS.
+"""Background upkeep in each gunicorn worker: index new mail for search every few seconds,
+replay the spool once MongoDB answers again, and now and then remove what a crash mid-ingest
+left behind in GridFS.
 
 One daemon thread per worker, started when the app is built inside the worker (after the
 fork: preload_app stays off) and stopped at exit. A spool directory is replayed by one
@@ -26,6 +27,7 @@ from flask import Flask
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from .db import DURABLE
+from .indexer import SearchIndexer
 from .notify import Notifier
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,11 @@ ORPHAN_GC_LEASE = "orphan-gc"
 # and a spool replay after a long outage reuses the blobs its first attempt wrote.
 ORPHAN_GRACE = timedelta(hours=24)
 STOP_TIMEOUT_SECONDS = 10.0
+SEARCH_INDEX_LEASE = "search-index"
+# One search-indexing pass works at most this long, then gives the lease back; the lease
+# outlasts a pass by far, so only a holder that died leaves indexing stalled (until expiry).
+SEARCH_PASS_SECONDS = 5.0
+SEARCH_LEASE_DURATION = timedelta(seconds=60)
 
 
 class Lease:
@@ -45,6 +52,7 @@ class Lease:
         self.leases = database.get_collection(LEASES, write_concern=DURABLE)
         self.name = name
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self._taken_at: datetime | None = None
 
     def acquire(self, duration: timedelta) -> bool:
         """Take the lease if it is free or expired; never waits. An unexpired lease makes the
@@ -58,7 +66,15 @@ class Lease:
             )
         except DuplicateKeyError:
             return False
+        self._taken_at = now
         return True
+
+    def release(self) -> None:
+        """Let the next taker have the lease now, if it is still the one this object took."""
+        if self._taken_at is not None:
+            self.leases.update_one({"_id": self.name, "holder": self.holder, "taken_at": self._taken_at},
+                                   {"$set": {"expires_at": datetime.now(timezone.utc)}})
+            self._taken_at = None
 
 
 def remove_partial_uploads(database, grace: timedelta, bucket: str = "blobs") -> int:
@@ -96,12 +112,16 @@ def collect_orphans(archive, grace: timedelta = ORPHAN_GRACE) -> tuple[int, int]
 class Maintenance:
     """The worker's background thread and the work it does on each pass."""
 
-    def __init__(self, archive, spool, replay_interval: float, gc_interval: float):
+    def __init__(self, archive, spool, replay_interval: float, gc_interval: float, index_interval: float = 0):
         self.archive = archive
         self.spool = spool
         self.replay_interval = replay_interval
         self.gc_interval = gc_interval
+        self.index_interval = index_interval  # 0: this thread never indexes for search
         self.lease = Lease(archive.database, ORPHAN_GC_LEASE)
+        self.search_lease = Lease(archive.database, SEARCH_INDEX_LEASE)
+        self.indexer = SearchIndexer(archive) if index_interval else None
+        self._search_postponed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_gc = time.monotonic()
@@ -123,12 +143,28 @@ class Maintenance:
         if not self.spool.writable():
             log.error("spool directory %s is not writable: during a MongoDB outage webhooks will be "
                       "refused (503) instead of spooled", self.spool.directory)
-        while not self._stop.wait(self.replay_interval * random.uniform(0.75, 1.25)):
-            try:
-                self.run_once()
-            except Exception as error:  # noqa: BLE001 - the thread must outlive one bad pass
-                log.error("background maintenance pass failed (%s); next pass in about %.0f s",
-                          type(error).__name__, self.replay_interval)
+        next_pass = time.monotonic() + self._replay_pause()
+        while not self._stop.wait(self._pause_until(next_pass)):
+            if self.index_interval:
+                self._guarded(self.index_search, "search indexing")
+            if time.monotonic() >= next_pass:
+                self._guarded(self.run_once, "background maintenance")
+                next_pass = time.monotonic() + self._replay_pause()
+
+    def _replay_pause(self) -> float:
+        return self.replay_interval * random.uniform(0.75, 1.25)
+
+    def _pause_until(self, next_pass: float) -> float:
+        """Sleep until the next replay pass, or the next indexing tick if that comes first."""
+        pause = max(0.0, next_pass - time.monotonic())
+        return min(pause, self.index_interval) if self.index_interval else pause
+
+    @staticmethod
+    def _guarded(work, name: str) -> None:
+        try:
+            work()
+        except Exception as error:  # noqa: BLE001 - the thread must outlive one bad pass
+            log.error("%s pass failed (%s); it runs again on the next pass", name, type(error).__name__)
 
     def run_once(self) -> None:
         if not self.ensure_indexes():
@@ -158,6 +194,28 @@ class Maintenance:
         if migrated:
             log.info("gave %d older message(s) their blob_ids", migrated)
         self._blob_refs_migrated = True
+
+    def index_search(self) -> None:
+        """Make newly stored messages searchable, one worker across all hosts at a time,
+        until none waits or the pass has run SEARCH_PASS_SECONDS (the next tick goes on)."""
+        if self.indexer is None:
+            return
+        try:
+            self.archive.ensure_indexes()
+            if not self.search_lease.acquire(SEARCH_LEASE_DURATION):
+                return
+            try:
+                deadline = time.monotonic() + SEARCH_PASS_SECONDS
+                self.indexer.index_pending(lambda: self._stop.is_set() or time.monotonic() >= deadline)
+            finally:
+                self.search_lease.release()
+        except PyMongoError as error:
+            if not self._search_postponed:  # once per outage, not every tick
+                log.warning("search indexing postponed (%s); new mail is not searchable until MongoDB "
+                            "answers again", type(error).__name__)
+            self._search_postponed = True
+            return
+        self._search_postponed = False
 
     def replay_spool(self) -> None:
         """Replay this host's spool unless another process is already doing it (a pass over
@@ -204,7 +262,8 @@ def start_background_tasks(app: Flask) -> Maintenance | None:
     if not _enabled(settings.background_tasks):
         return None
     maintenance = Maintenance(app.extensions["archive"], app.extensions["spool"],
-                              settings.spool_replay_interval, settings.blob_gc_interval)
+                              settings.spool_replay_interval, settings.blob_gc_interval,
+                              settings.search_index_interval)
     maintenance.start()
     app.extensions["maintenance"] = maintenance
     if settings.notify_urls:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .query import MAX_QUERY_LENGTH, MAX_TERMS, MAX_VALUE_LENGTH
+
 ERROR = {"$ref": "#/components/responses/Error"}
 BEARER = [{"bearer": []}]
 
@@ -25,7 +27,15 @@ AUTH_ERRORS = (401, 403, 429)
 
 LIST_PARAMETERS = [
     _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "Page size."),
-    _param("skip", "query", {"type": "integer", "minimum": 0, "default": 0}, "Messages to skip."),
+    _param("skip", "query", {"type": "integer", "minimum": 0, "default": 0},
+           "Messages to skip (kept for compatibility; a deep skip reads every skipped message: use cursor)."),
+    _param("cursor", "query", {"type": "string"},
+           "The `next` value of the previous page, with the same filters: the page after it, as cheap at any "
+           "depth. Altered, or used with other filters: 400. Not together with skip."),
+    _param("count", "query", {"type": "boolean", "default": True},
+           "false: do not count every match (total is null); a broad search then costs only its page."),
+    _param("q", "query", {"type": "string", "maxLength": MAX_QUERY_LENGTH},
+           "Search (see the description above): words, \"phrases\", prefix*, -negation, operators."),
     _param("from_email", "query", {"type": "string", "format": "email"}, "Sender address, exact, case-insensitive."),
     _param("to", "query", {"type": "string", "format": "email"}, "Recipient address (to, cc, envelope, Delivered-To)."),
     _param("subject", "query", {"type": "string", "maxLength": 500}, "Case-insensitive substring of the subject."),
@@ -34,6 +44,22 @@ LIST_PARAMETERS = [
     _param("processed", "query", {"type": "boolean"}, "Only messages marked processed (true) or not (false)."),
     _param("has_attachments", "query", {"type": "boolean"}, "Only messages with (true) or without (false) attachments."),
 ]
+
+SEARCH_DESCRIPTION = (
+    "Every parameter narrows the list, q included; pages go by `next` (pass it back as cursor). "
+    "q: free words are ANDed and match whole words, ignoring case and accents (resume finds Résumé), in "
+    "the subject, sender and recipient names and addresses (whole address, local part, domain), the text "
+    "body (its first 4,096 characters; the HTML's text when there is no text part) and file names. "
+    "invoi* matches a prefix; \"quarterly report\" matches words in order; a leading - negates a word, "
+    "phrase or operator. Operators: from:, to: (to, cc, bcc, envelope, Delivered-To), cc:, subject:, body:, "
+    "filename:, message-id:, has:attachment, has:inline, is:processed, is:unprocessed, before:YYYY-MM-DD, "
+    "after:YYYY-MM-DD (received_at, UTC; after: includes the day), larger:10MB, smaller:500KB (K, KB, M, MB; "
+    "message size). Values may be quoted: from:\"Acme Billing\". Example: "
+    "q=from:acme invoi* has:attachment after:2026-03-01 -is:processed. "
+    f"At most {MAX_TERMS} terms of {MAX_VALUE_LENGTH} characters; "
+    "an unknown operator, a bad date or size or an unclosed quote is a 400 naming it. q finds a message a "
+    "few seconds after it was stored (it is indexed in the background); GET / shows the backlog."
+)
 
 PAYLOAD_SCHEMA = {
     "type": "object",
@@ -177,12 +203,16 @@ def build_spec() -> dict[str, Any]:
                 "parameters": [_param("secret", "path", {"type": "string"}, "The WEBHOOK_SECRET value.")]}},
             "/emails": {"get": {
                 "summary": "List and search messages, newest first", "security": BEARER,
+                "description": SEARCH_DESCRIPTION,
                 "parameters": LIST_PARAMETERS,
                 "responses": {"200": {"description": "A page of summaries (no bodies, no attachment bytes)",
                                       "content": {"application/json": {"schema": {
                                           "type": "object", "properties": {
                                               "success": {"const": True}, "count": {"type": "integer"},
-                                              "total": {"type": "integer"},
+                                              "total": {"type": ["integer", "null"], "description":
+                                                        "All matches (exact); null with count=false."},
+                                              "next": {"type": ["string", "null"], "description":
+                                                       "Cursor of the next page; null on the last page."},
                                               "emails": {"type": "array", "items": {
                                                   "$ref": "#/components/schemas/EmailSummary"}}}}}}},
                               **_error_responses(400, *AUTH_ERRORS)}}},

@@ -95,12 +95,12 @@ def _unquote(value: str) -> tuple[str, bool]:
     return value.replace('"', " ").strip(), prefix
 
 
-def _text_term(raw: str, field: str | None, negated: bool) -> Term:
+def _text_term(raw: str, field: str | None, negated: bool) -> Term | None:
+    """The term for a word, phrase or operator value; None when it holds no letters or digits
+    (punctuation is not searchable, so `a.*b` means `a b` and a lone `(` means nothing)."""
     value, prefix = _unquote(raw)
     found = tuple(words(value))
-    if not found:
-        raise QueryError(f"'{raw}' has no letters or digits to search for")
-    return Term(found, field, prefix, negated)
+    return Term(found, field, prefix, negated) if found else None
 
 
 def _date(name: str, value: str) -> datetime:
@@ -129,7 +129,10 @@ def _operator(name: str, raw: str, negated: bool, search: dict[str, list]) -> No
     value, _ = _unquote(raw) if operator in ("before", "after", "larger", "smaller", "has", "is") else (raw, False)
     value = value.strip()
     if operator in TEXT_FIELDS:
-        search["terms"].append(_text_term(raw, TEXT_FIELDS[operator], negated))
+        term = _text_term(raw, TEXT_FIELDS[operator], negated)
+        if term is None:
+            raise QueryError(f"{operator}: needs a value with letters or digits, not '{raw}'")
+        search["terms"].append(term)
     elif operator == "message-id":
         identifier = raw.replace('"', "").strip()
         if not identifier.strip("<>"):
@@ -184,7 +187,11 @@ def parse(q: str) -> Search:
                 raise QueryError(f"'{operator.group(1)}:' needs a value")
             _operator(operator.group(1), value, negated, built)
         else:
-            built["terms"].append(_text_term(raw, None, negated))
+            term = _text_term(raw, None, negated)
+            if term:
+                built["terms"].append(term)
+    if not any(built.values()):
+        raise QueryError("q has nothing to search for: words need letters or digits")
     return Search(q, tuple(built["terms"]), tuple(built["conditions"]), tuple(built["message_ids"]))
 
 

@@ -11,7 +11,7 @@ from urllib.parse import quote
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from ..errors import ApiError
-from ..listing import parse_filters, parse_page
+from ..listing import parse_filters, parse_page, subject_query  # noqa: F401 - subject_query: ui/inbox.py
 from ..ratelimit import configured_limit, limiter
 from ..security import require_api_key
 
@@ -54,6 +54,14 @@ def present(document: dict[str, Any]) -> dict[str, Any]:
     shown["attachments"] = [_part_view(email_id, r, i) for i, r in enumerate(attachments)]
     shown["inlines"] = [_part_view(email_id, r, len(attachments) + i) for i, r in enumerate(inlines)]
     return shown
+
+
+def build_query() -> dict[str, Any]:
+    """The MongoDB filter of this request's plain list parameters, without q, exactly as
+    before q existed: kept for the callers written against it (the UI's box gives q its own
+    meaning). New code lists through parse_filters and Archive.list_page."""
+    plain = {name: value for name, value in request.args.items() if name != "q"}
+    return current_app.extensions["archive"].filter_for(parse_filters(plain))
 
 
 @bp.get("/emails")

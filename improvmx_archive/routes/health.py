@@ -6,8 +6,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from flask import Blueprint, current_app, jsonify
+from pymongo.errors import PyMongoError
 
 from ..db import ping
+from ..indexer import backlog
 from ..ratelimit import configured_limit, limiter
 from ..security import require_api_key
 
@@ -29,8 +31,17 @@ def health():
         "timestamp": _now(),
         "database": "reachable" if healthy else "unreachable",
         "spool": current_app.extensions["spool"].status(),
+        "search_index": _search_backlog() if healthy else None,
     }
     return jsonify(body), 200 if healthy else 503
+
+
+def _search_backlog() -> dict | None:
+    """Messages not yet searchable and the oldest one's wait; None if MongoDB cannot say."""
+    try:
+        return backlog(current_app.extensions["database"]).as_dict()
+    except PyMongoError:
+        return None
 
 
 @bp.get("/healthz")

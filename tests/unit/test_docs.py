@@ -35,8 +35,8 @@ def test_openapi_json_is_served_and_is_3_1(client):
     assert spec["openapi"] == "3.1.0"
     assert spec["paths"]["/emails"]["get"]["security"] == [{"bearer": []}]
     parameters = {p["name"] for p in spec["paths"]["/emails"]["get"]["parameters"]}
-    assert parameters == {"limit", "skip", "from_email", "to", "subject", "since", "until", "processed",
-                          "has_attachments"}
+    assert parameters == {"limit", "skip", "cursor", "count", "q", "from_email", "to", "subject", "since",
+                          "until", "processed", "has_attachments"}
 
 
 def test_docs_page_lists_endpoints_with_curl_examples(client):

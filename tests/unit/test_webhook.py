@@ -224,7 +224,7 @@ def test_unexpected_error_elsewhere_is_a_json_500_without_internals(app, client,
     def broken(*args, **kwargs):
         raise RuntimeError("secret internal detail mongodb://user:pass@host")
 
-    monkeypatch.setattr(app.extensions["archive"], "search", broken)
+    monkeypatch.setattr(app.extensions["archive"], "list_page", broken)
     response = client.get("/emails", headers=auth)
     assert response.status_code == 500
     assert response.get_json() == {"success": False, "error": "Internal server error"}
