@@ -24,11 +24,12 @@ import html as html_lib
 import logging
 import re
 from dataclasses import dataclass
+from functools import partial
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 from pymongo import ASCENDING
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, WriteError
 
 from .payload import parse_address_list
 from .tokens import LONG_SUBJECT, message_id_token, subject_index_terms, words
@@ -195,23 +196,34 @@ class SearchIndexer:
         self.batch_size = batch_size
 
     def index(self, documents: list[dict[str, Any]]) -> int:
-        """Index documents read with PROJECTION; returns how many were written. A message
-        deleted meanwhile is skipped; one stored again meanwhile keeps its new marker."""
-        updates: list[tuple[dict, dict]] = []
-        tokens: set[str] = set()
+        """Index documents read with PROJECTION; returns how many were written (a message
+        deleted meanwhile is skipped). One that cannot be indexed is set aside with
+        `search_error` instead of blocking the queue behind it forever."""
+        prepared: list[tuple[dict, dict | None, str]] = []
         for document in documents:
-            fields = search_fields(document, body_text(document, lambda d=document: self.archive.find(str(d["_id"]))))
-            tokens.update(fields["tokens"])
-            condition = {"_id": document["_id"]}
-            change: dict[str, Any] = {"$set": fields}
-            if PENDING in document:
-                condition[PENDING] = document[PENDING]
-                change["$unset"] = {PENDING: ""}
-            updates.append((condition, change))
-        # Vocabulary first: a word is never findable by prefix later than by itself. One
-        # update per message: its index entries, not the round trip, are the cost.
-        self.vocabulary.add(tokens)
-        return sum(self.emails.update_one(condition, change).matched_count for condition, change in updates)
+            try:
+                body = body_text(document, partial(self.archive.find, str(document["_id"])))
+                prepared.append((document, search_fields(document, body), ""))
+            except Exception as error:  # noqa: BLE001 - one malformed message must not stall the rest
+                prepared.append((document, None, type(error).__name__))
+        # Vocabulary first: a word is never findable by prefix later than by itself.
+        self.vocabulary.add(token for _, fields, _ in prepared if fields for token in fields["tokens"])
+        return sum(self._write(document, fields, reason) for document, fields, reason in prepared)
+
+    def _write(self, document: dict[str, Any], fields: dict | None, reason: str) -> int:
+        """One update per message: its index entries, not the round trip, are the cost."""
+        condition = {"_id": document["_id"]}
+        if PENDING in document:
+            condition[PENDING] = document[PENDING]  # not if it was marked again meanwhile
+        if fields is not None:
+            try:
+                return self.emails.update_one(condition, {"$set": fields, "$unset": {PENDING: "", "search_error": ""}}).matched_count
+            except WriteError as error:
+                reason = f"write error {error.code}"
+        log.error("message %s cannot be indexed for search (%s); q will not find it until `flask reindex`",
+                  document["_id"], reason)
+        return self.emails.update_one(condition, {"$set": {"search_error": reason},
+                                                  "$unset": {PENDING: ""}}).matched_count
 
     def index_pending(self, should_stop: Callable[[], bool] = lambda: False) -> int:
         """Index pending messages a batch at a time until none is left or should_stop()."""

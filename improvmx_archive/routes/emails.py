@@ -21,7 +21,7 @@ _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*
 # Shown inline only when a browser cannot run script from it; everything else downloads.
 INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf"}
 INTERNAL_FIELDS = {"idempotency_key", "blob_ids", "subject_lower", "subject_trigrams", "to_emails", "recipients",
-                   "bodies", "overflow", "tokens", "search", "search_pending", "search_version"}
+                   "bodies", "overflow", "tokens", "search", "search_pending", "search_version", "search_error"}
 
 
 def _iso(value: Any) -> Any:

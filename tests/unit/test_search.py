@@ -228,3 +228,28 @@ def test_reindex_gives_older_messages_their_tokens_and_resumes(app, auth):
     again = runner.invoke(args=["reindex"])
     assert "indexed 0 message(s); 7 were already up to date" in again.output
     assert "indexed 7" in runner.invoke(args=["reindex", "--all"]).output
+
+
+def test_a_message_that_cannot_be_indexed_is_set_aside_not_retried_forever(app, monkeypatch, caplog):
+    from improvmx_archive import indexer
+
+    archive = app.extensions["archive"]
+    bad = archive.ingest({"subject": "poison", "text": "x"}).email_id
+    good = archive.ingest({"subject": "fine", "text": "y"}).email_id
+    real = indexer.search_fields
+
+    def failing(document, body):
+        if str(document["_id"]) == bad:
+            raise ValueError("malformed")
+        return real(document, body)
+
+    monkeypatch.setattr(indexer, "search_fields", failing)
+    assert SearchIndexer(archive).index_pending() == 2
+    emails = app.extensions["database"].emails
+    assert emails.find_one({"_id": ObjectId(bad)})["search_error"] == "ValueError"
+    assert "tokens" in emails.find_one({"_id": ObjectId(good)})
+    assert backlog(app.extensions["database"]).pending == 0
+    assert f"message {bad} cannot be indexed" in caplog.text
+    monkeypatch.undo()
+    app.test_cli_runner().invoke(args=["reindex"])
+    assert "search_error" not in emails.find_one({"_id": ObjectId(bad)})
