@@ -19,8 +19,10 @@ from .maintenance import start_background_tasks
 from .metrics import ArchiveGauges, register_metrics
 from .notify import Outbox
 from .ratelimit import register_rate_limits
+from .retention import gauge_reader as retention_gauges
 from .requestlog import configure_logging, register_request_log
-from .routes import docs, emails, health, metrics, transfer, webhook
+from .routes import docs, emails, health, transfer, webhook
+from .routes import metrics as metrics_routes  # not `metrics`: that name is the metrics module
 from .security import Lockout, register_security
 from .spool import Spool
 from .ui import register_ui
@@ -65,12 +67,14 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
     database = client[settings.mongo_db]
     app.extensions["mongo_client"] = client
     app.extensions["database"] = database
-    app.extensions["archive"] = Archive(database, announce_new_mail=bool(settings.notify_urls))
+    app.extensions["archive"] = Archive(database, announce_new_mail=bool(settings.notify_urls),
+                                        tombstone_period=timedelta(days=settings.delete_tombstone_days))
     app.extensions["outbox"] = Outbox(database, settings.notify_urls, settings.public_url,
                                       timedelta(hours=settings.notify_max_hours))
     app.extensions["lockout"] = Lockout(database)
     app.extensions["spool"] = Spool(settings.spool_dir)
-    app.extensions["archive_gauges"] = ArchiveGauges(database, readers=[app.extensions["outbox"].publish_gauges])
+    app.extensions["archive_gauges"] = ArchiveGauges(
+        database, readers=[app.extensions["outbox"].publish_gauges, retention_gauges(database)])
     try:
         app.extensions["archive"].ensure_indexes()
     except PyMongoError:
@@ -80,10 +84,10 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
     if settings.cors_origins:
         CORS(app, origins=list(settings.cors_origins), supports_credentials=False,
              allow_headers=["Authorization", "Content-Type"], expose_headers=EXPOSED_HEADERS,
-             methods=["GET", "PATCH", "OPTIONS"], max_age=600)
+             methods=["GET", "PATCH", "DELETE", "OPTIONS"], max_age=600)
     start_background_tasks(app)
 
 
 def register_blueprints(app: Flask) -> None:
-    for module in (health, webhook, emails, transfer, docs, metrics):
+    for module in (health, webhook, emails, transfer, docs, metrics_routes):
         app.register_blueprint(module.bp)

@@ -29,6 +29,7 @@ from pymongo.errors import (
 
 from . import blobrefs
 from .db import ACKNOWLEDGED, DURABLE, DatabaseUnavailable, create_indexes
+from .deletion import Deleter
 from .indexer import Vocabulary, pending_marker
 from .listing import CursorCodec, Filters, Page, after_position
 from .notify import mark_for_notification
@@ -53,6 +54,7 @@ TRANSIENT_LABELS = ("RetryableWriteError", "RetryableError", "SystemOverloadedEr
 BODY_INLINE_LIMIT = 1024 * 1024  # larger text/html bodies go to GridFS
 DOCUMENT_LIMIT = 15 * 1024 * 1024  # stay clear of MongoDB's 16 MB document cap
 GC_BATCH = 500  # candidate blobs checked per query of the blob_ids index
+DEFAULT_TOMBSTONE_PERIOD = timedelta(days=7)
 SUMMARY_EXCLUDE = {"text": 0, "html": 0, "headers": 0, "overflow": 0, "bodies": 0, "blob_ids": 0,
                    "tokens": 0, "search": 0, "subject_trigrams": 0}
 
@@ -86,6 +88,7 @@ def index_hint(query: dict[str, Any]) -> str | None:
 class IngestResult:
     email_id: str
     duplicate: bool
+    deleted: bool = False  # a retry of a deleted message: not stored again (deletion.py)
 
 
 def _part_record(part: Part, decoded: Decoded, blob_id: ObjectId) -> dict[str, Any]:
@@ -110,13 +113,15 @@ def _part_record(part: Part, decoded: Decoded, blob_id: ObjectId) -> dict[str, A
 class Archive:
     """All reads and writes of messages; one per app, shared by threads."""
 
-    def __init__(self, database, *, announce_new_mail: bool = False):
+    def __init__(self, database, *, announce_new_mail: bool = False,
+                 tombstone_period: timedelta = DEFAULT_TOMBSTONE_PERIOD):
         self.database = database
         self.announce_new_mail = announce_new_mail  # NOTIFY_URL is set: mark new mail for notify.py
         self.emails = database.emails
         self.durable_emails = database.get_collection("emails", write_concern=DURABLE)
         self.blobs = BlobStore(database, write_concern=ACKNOWLEDGED)
         self.vocabulary = Vocabulary(database)
+        self.deleter = Deleter(self, tombstone_period)
         self._indexes_ready = False
         self._cursors: CursorCodec | None = None
 
@@ -177,6 +182,8 @@ class Archive:
             if existing is None:
                 raise
             return IngestResult(str(existing["_id"]), True)
+        if deleted_as := self.deleter.bury_if_deleted(key, email_id):
+            return IngestResult(deleted_as, False, deleted=True)
         return IngestResult(str(email_id), False)
 
     def _document(self, message: Message, records: dict[str, list], key: str,

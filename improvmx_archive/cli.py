@@ -21,6 +21,7 @@ from .db import DatabaseUnavailable, create_indexes, ping
 from .errors import ApiError
 from .indexer import BATCH_SIZE, Reindex
 from .mailio import NotAMessage, MessageSource, eml_filename, find_import_files, import_raw, mbox_entry, oldest_first
+from .deletion import DELETION_FIELDS, NOT_HELD
 from .maintenance import collect_orphans
 from .notify import masked
 from .routes.emails import build_query
@@ -340,7 +341,59 @@ def import_command(paths: tuple[Path, ...]):
         sys.exit(1)
 
 
+PURGE_BATCH = 200
+PURGE_PREVIEW = 20
+
+
+def _purge_line(document: dict) -> str:
+    subject = document.get("subject")
+    subject = subject if isinstance(subject, str) else ""
+    return (f"{document['_id']}  {_iso(document['received_at'])}  {document.get('from_email') or '-'}  "
+            f"{subject[:80]}")
+
+
+@click.command("purge")
+@with_appcontext
+@click.option("--before", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+              help="Only messages received before this date (UTC), e.g. 2025-01-01.")
+@click.option("--dry-run", is_flag=True, help="Only report what would be deleted (also the default without --yes).")
+@click.option("--yes", is_flag=True, help="Really delete.")
+def purge_command(before: datetime | None, dry_run: bool, yes: bool):
+    """Delete messages in bulk, with their unshared attachments; never messages on hold.
+
+    In batches, oldest first; interrupted, it is resumed by running it again. Each deleted
+    message's key is kept as a tombstone (DELETE_TOMBSTONE_DAYS), so a retry or replay of it
+    is not stored again. Without --yes it only reports.
+    """
+    if before is None:
+        raise click.UsageError("give --before DATE (purging everything at once is not offered)")
+    archive = current_app.extensions["archive"]
+    query = {"received_at": {"$lt": before.replace(tzinfo=timezone.utc)}}
+    matching = {**query, **NOT_HELD}
+    total = archive.emails.count_documents(matching)
+    held = archive.emails.count_documents({**query, "hold": True})
+    click.echo(f"{total} message(s) received before {_iso(before.replace(tzinfo=timezone.utc))} to delete; "
+               f"{held} on hold kept")
+    if dry_run or not yes:
+        for document in archive.emails.find(matching, DELETION_FIELDS).sort("received_at", 1).limit(PURGE_PREVIEW):
+            click.echo(f"  would delete {_purge_line(document)}")
+        if total > PURGE_PREVIEW:
+            click.echo(f"  ... and {total - PURGE_PREVIEW} more")
+        click.echo("dry run: nothing deleted (add --yes to delete)")
+        return
+    deleted = 0
+    with click.progressbar(length=total, label="deleting", file=sys.stderr) as bar:
+        while batch := list(archive.emails.find(matching, DELETION_FIELDS).sort("received_at", 1).limit(PURGE_BATCH)):
+            removed = set(archive.deleter.delete_documents(batch))
+            for document in batch:
+                if document["_id"] in removed:
+                    click.echo(f"deleted {_purge_line(document)}")
+            deleted += len(removed)
+            bar.update(len(batch))
+    click.echo(f"ok: deleted {deleted} message(s); {held} on hold kept")
+
+
 def register_commands(app: Flask) -> None:
     for command in (check_command, create_indexes_command, reindex_command, send_sample_command, gc_blobs_command,
-                    spool_cli, notify_cli, export_command, import_command):
+                    spool_cli, notify_cli, export_command, import_command, purge_command):
         app.cli.add_command(command)

@@ -188,6 +188,10 @@ class Settings:
     notify_urls: tuple[str, ...] = ()
     notify_secret: str = ""
     notify_max_hours: float = 24.0
+    delete_tombstone_days: float = 7.0
+    retention_days: float = 0.0  # 0: keep forever
+    retention_keep_unprocessed: bool = False
+    retention_interval: float = 3600.0  # seconds between retention passes across all hosts
     log_level: str = "INFO"
 
     @classmethod
@@ -250,6 +254,10 @@ class Settings:
             notify_urls=notify_urls,
             notify_secret=notify_secret,
             notify_max_hours=_number(env, "NOTIFY_MAX_HOURS", 24, 0.1),
+            delete_tombstone_days=_number(env, "DELETE_TOMBSTONE_DAYS", 7, 0.01),
+            retention_days=_number(env, "RETENTION_DAYS", 0, 0),
+            retention_keep_unprocessed=_flag(env, "RETENTION_KEEP_UNPROCESSED", False),
+            retention_interval=_number(env, "RETENTION_INTERVAL", 3600, 60),
             log_level=log_level,
         )
 

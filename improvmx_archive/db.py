@@ -57,6 +57,13 @@ OUTBOX_INDEXES = [
 ]
 
 
+# Idempotency keys of deleted messages (deletion.py), so a retry or replay is not stored again.
+TOMBSTONES = "tombstones"
+# One document per retention pass (retention.py): when, which host, how many deleted.
+RETENTION_RUNS = "retention_runs"
+RETENTION_RUNS_KEPT_SECONDS = 90 * 86400
+
+
 class DatabaseUnavailable(Exception):
     """MongoDB did not answer within the configured timeout."""
 
@@ -91,6 +98,9 @@ def create_indexes(database) -> None:
     database.ui_sessions.create_index([("expires_at", ASCENDING)], name="expire_sessions", expireAfterSeconds=0)
     database.emails.create_index([(NOTIFY_PENDING_FIELD, ASCENDING)], name="notify_pending", sparse=True)
     database[OUTBOX].create_indexes(OUTBOX_INDEXES)
+    database[TOMBSTONES].create_index([("expires_at", ASCENDING)], name="expire_tombstones", expireAfterSeconds=0)
+    database[RETENTION_RUNS].create_index([("finished_at", DESCENDING)], name="expire_runs",
+                                          expireAfterSeconds=RETENTION_RUNS_KEPT_SECONDS)
 
 
 def ping(client: MongoClient) -> bool:

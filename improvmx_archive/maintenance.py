@@ -29,11 +29,13 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from .db import DURABLE
 from .indexer import SearchIndexer
 from .notify import Notifier
+from .retention import Retention
 
 log = logging.getLogger(__name__)
 
 LEASES = "maintenance_leases"
 ORPHAN_GC_LEASE = "orphan-gc"
+RETENTION_LEASE = "retention"
 # Unreferenced blobs younger than this are kept: an ingest may be about to reference them,
 # and a spool replay after a long outage reuses the blobs its first attempt wrote.
 ORPHAN_GRACE = timedelta(hours=24)
@@ -112,9 +114,11 @@ def collect_orphans(archive, grace: timedelta = ORPHAN_GRACE) -> tuple[int, int]
 class Maintenance:
     """The worker's background thread and the work it does on each pass."""
 
-    def __init__(self, archive, spool, replay_interval: float, gc_interval: float, index_interval: float = 0):
+    def __init__(self, archive, spool, replay_interval: float, gc_interval: float, index_interval: float = 0,
+                 retention: Retention | None = None):
         self.archive = archive
         self.spool = spool
+        self.retention = retention
         self.replay_interval = replay_interval
         self.gc_interval = gc_interval
         self.index_interval = index_interval  # 0: this thread never indexes for search
@@ -173,6 +177,8 @@ class Maintenance:
         self.replay_spool()
         if self.gc_interval and time.monotonic() >= self._next_gc and not self._stop.is_set():
             self.collect_orphans()
+        if self.retention and not self._stop.is_set():
+            self.retention.run_if_due(self._stop.is_set)
 
     def ensure_indexes(self) -> bool:
         """Confirm the indexes before replaying: without the unique idempotency key two
@@ -261,9 +267,12 @@ def start_background_tasks(app: Flask) -> Maintenance | None:
     settings = app.config["SETTINGS"]
     if not _enabled(settings.background_tasks):
         return None
-    maintenance = Maintenance(app.extensions["archive"], app.extensions["spool"],
-                              settings.spool_replay_interval, settings.blob_gc_interval,
-                              settings.search_index_interval)
+    archive = app.extensions["archive"]
+    retention = Retention(archive, Lease(archive.database, RETENTION_LEASE), settings.retention_days,
+                          settings.retention_keep_unprocessed, settings.retention_interval) \
+        if settings.retention_days else None
+    maintenance = Maintenance(archive, app.extensions["spool"], settings.spool_replay_interval,
+                              settings.blob_gc_interval, settings.search_index_interval, retention)
     maintenance.start()
     app.extensions["maintenance"] = maintenance
     if settings.notify_urls:

@@ -172,7 +172,9 @@ def build_spec() -> dict[str, Any]:
                 "WebhookResult": {"type": "object", "required": ["success", "email_id"], "properties": {
                     "success": {"const": True}, "message": {"type": "string"},
                     "email_id": {"type": "string"}, "duplicate": {"type": "boolean"},
-                    "spooled": {"type": "boolean"}}},
+                    "spooled": {"type": "boolean"},
+                    "deleted": {"type": "boolean", "description": "A retry of a message deleted since: "
+                                                                 "acknowledged, not stored again"}}},
                 "ImportResult": {"type": "object", "required": ["success", "email_id", "duplicate"], "properties": {
                     "success": {"const": True}, "email_id": {"type": "string"}, "duplicate": {"type": "boolean"},
                     "received_at": {"type": "string", "format": "date-time"}, "message": {"type": "string"}}},
@@ -225,13 +227,32 @@ def build_spec() -> dict[str, Any]:
                                                       "success": {"const": True},
                                                       "email": {"$ref": "#/components/schemas/EmailSummary"}}}}}},
                                       **_error_responses(*AUTH_ERRORS, 404)}},
-                "patch": {"summary": "Mark a message processed or not", "security": BEARER,
-                          "parameters": [EMAIL_ID],
+                "patch": {"summary": "Mark a message processed or not, put it on hold or release it",
+                          "description": "A message on hold is never deleted by retention or `flask purge`, "
+                                         "and DELETE refuses it (409) until it is released.",
+                          "security": BEARER, "parameters": [EMAIL_ID],
                           "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                              "type": "object", "required": ["processed"], "additionalProperties": False,
-                              "properties": {"processed": {"type": "boolean"}}}}}},
-                          "responses": {"200": {"description": "Updated"},
+                              "type": "object", "minProperties": 1, "additionalProperties": False,
+                              "properties": {"processed": {"type": "boolean"}, "hold": {"type": "boolean"}}}}}},
+                          "responses": {"200": {"description": "Updated", "content": {"application/json": {
+                              "schema": {"type": "object", "properties": {
+                                  "success": {"const": True}, "id": {"type": "string"},
+                                  "processed": {"type": "boolean"},
+                                  "processed_at": {"type": ["string", "null"], "format": "date-time"},
+                                  "hold": {"type": "boolean"}}}}}},
                                         **_error_responses(400, *AUTH_ERRORS, 404)}},
+                "delete": {"summary": "Delete a message and every attachment blob no other message uses",
+                           "description": "The message's idempotency key is kept as a tombstone for "
+                                          "DELETE_TOMBSTONE_DAYS, so a retried delivery or spool replay of it "
+                                          "answers 200 with deleted=true and is not stored again.",
+                           "security": BEARER, "parameters": [EMAIL_ID],
+                           "responses": {"200": {"description": "Deleted", "content": {"application/json": {
+                               "schema": {"type": "object", "required": ["success", "deleted"], "properties": {
+                                   "success": {"const": True}, "id": {"type": "string"},
+                                   "deleted": {"const": True}}}}}},
+                                         "409": {"$ref": "#/components/responses/Error",
+                                                 "description": "The message is on hold"},
+                                         **_error_responses(*AUTH_ERRORS, 404)}},
             },
             "/emails/{email_id}/attachment/{name}": {"get": {
                 "summary": "Download an attachment or inline by file name (or an inline's Content-ID)",

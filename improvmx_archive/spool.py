@@ -231,7 +231,7 @@ class Spool:
             _fsync_directory(self.directory)
             log.info("replayed spooled email_id=%s stored_as=%s duplicate=%s",
                      path.stem, result.email_id, result.duplicate)
-            return "duplicates" if result.duplicate else "stored"
+            return "duplicates" if result.duplicate or result.deleted else "stored"
 
     def _set_aside(self, path: Path) -> None:
         self.corrupt_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

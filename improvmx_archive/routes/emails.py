@@ -1,4 +1,5 @@
-"""The archive API: list and search, one message, its parts, and the processed flag."""
+"""The archive API: list and search, one message, its parts, its processed and hold flags,
+and deletion."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
+from ..deletion import MessageOnHold
 from ..errors import ApiError
 from ..listing import parse_filters, parse_page, subject_query  # noqa: F401 - subject_query: ui/inbox.py
 from ..ratelimit import configured_limit, limiter
+from ..retention import set_hold
 from ..security import require_api_key
 
 bp = Blueprint("emails", __name__)
@@ -21,7 +24,8 @@ _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*
 # Shown inline only when a browser cannot run script from it; everything else downloads.
 INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf"}
 INTERNAL_FIELDS = {"idempotency_key", "blob_ids", "subject_lower", "subject_trigrams", "to_emails", "recipients",
-                   "bodies", "overflow", "tokens", "search", "search_pending", "search_version", "search_error"}
+                   "bodies", "overflow", "tokens", "search", "search_pending", "search_version", "search_error",
+                   "notify_pending"}
 
 
 def _iso(value: Any) -> Any:
@@ -95,11 +99,29 @@ def get_email(email_id: str):
 @limiter.limit(configured_limit("RATELIMIT_DETAIL"))
 def update_email(email_id: str):
     body = request.get_json(silent=True)
-    if not isinstance(body, dict) or set(body) != {"processed"} or not isinstance(body["processed"], bool):
-        raise ApiError(400, 'Body must be a JSON object {"processed": true} or {"processed": false}')
-    document = _found(current_app.extensions["archive"].set_processed(email_id, body["processed"]))
+    if (not isinstance(body, dict) or not body or not set(body) <= {"processed", "hold"}
+            or not all(isinstance(value, bool) for value in body.values())):
+        raise ApiError(400, 'Body must be a JSON object with "processed" and/or "hold", each true or false, '
+                            'e.g. {"processed": true}')
+    archive = current_app.extensions["archive"]
+    if "processed" in body:
+        document = _found(archive.set_processed(email_id, body["processed"]))
+    if "hold" in body:
+        document = _found(set_hold(archive, email_id, body["hold"]))
     return jsonify(success=True, id=email_id, processed=document["processed"],
-                   processed_at=_iso(document.get("processed_at")))
+                   processed_at=_iso(document.get("processed_at")), hold=bool(document.get("hold")))
+
+
+@bp.delete("/emails/<email_id>")
+@require_api_key
+@limiter.limit(configured_limit("RATELIMIT_DETAIL"))
+def delete_email(email_id: str):
+    try:
+        deleted = current_app.extensions["archive"].deleter.delete(email_id)
+    except MessageOnHold:
+        raise ApiError(409, 'Email is on hold; release it first with PATCH {"hold": false}') from None
+    _found(deleted or None)
+    return jsonify(success=True, id=email_id, deleted=True)
 
 
 def safe_filename(name: str | None, fallback: str) -> str:

@@ -11,6 +11,7 @@ from pymongo.errors import PyMongoError
 from ..db import ping
 from ..indexer import backlog
 from ..ratelimit import configured_limit, limiter
+from ..retention import status as retention_status
 from ..security import require_api_key
 
 bp = Blueprint("health", __name__)
@@ -32,6 +33,8 @@ def health():
         "database": "reachable" if healthy else "unreachable",
         "spool": current_app.extensions["spool"].status(),
         "search_index": _search_backlog() if healthy else None,
+        "retention": retention_status(current_app.extensions["database"], current_app.config["SETTINGS"])
+        if healthy else None,
     }
     return jsonify(body), 200 if healthy else 503
 

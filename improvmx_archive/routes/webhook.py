@@ -99,6 +99,8 @@ def receive(secret: str | None = None):
                   frame.filename.rsplit("/", 1)[-1], frame.lineno)
         return _spool(payload)
     del payload
+    if result.deleted:
+        return _deleted(result.email_id)
     count_delivery("duplicate" if result.duplicate else "stored")
     if result.duplicate:
         log.info("duplicate delivery email_id=%s", result.email_id)
@@ -108,6 +110,14 @@ def receive(secret: str | None = None):
         email_id=result.email_id,
         duplicate=result.duplicate,
     )
+
+
+def _deleted(email_id: str):
+    """A retry of a message deleted since (a tombstone matched): acknowledged, not stored."""
+    log.info("delivery of deleted email_id=%s acknowledged, not stored again", email_id)
+    count_delivery("deleted")
+    return jsonify(success=True, message="Email was deleted; not stored again", email_id=email_id,
+                   duplicate=False, deleted=True)
 
 
 def _spool(payload: dict):

@@ -189,13 +189,15 @@ def test_patch_marks_processed_and_filter_follows(client, auth, stored):
     assert undone["processed"] is False and undone["processed_at"] is None
 
 
-@pytest.mark.parametrize("body", [None, [], {"processed": "yes"}, {"processed": 1}, {"processed": True, "x": 1}, {}])
-def test_patch_rejects_anything_but_a_boolean(client, auth, stored, body):
+@pytest.mark.parametrize("body", [None, [], {"processed": "yes"}, {"processed": 1}, {"processed": True, "x": 1}, {},
+                                  {"hold": "true"}, {"hold": None}, {"processed": True, "hold": 0}])
+def test_patch_rejects_anything_but_booleans(client, auth, stored, body):
     kwargs = {"json": body} if body is not None else {"data": "nope", "content_type": "application/json"}
     response = client.patch(f"/emails/{stored['latin1']}", headers=auth, **kwargs)
     assert response.status_code == 400
     assert response.get_json() == {"success": False,
-                                   "error": 'Body must be a JSON object {"processed": true} or {"processed": false}'}
+                                   "error": 'Body must be a JSON object with "processed" and/or "hold", '
+                                            'each true or false, e.g. {"processed": true}'}
 
 
 def test_unknown_path_and_wrong_method_are_json(client, auth):

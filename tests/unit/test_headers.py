@@ -112,7 +112,7 @@ def test_preflight_needs_no_key_and_allows_only_what_the_api_uses(make_app):
     assert response.status_code == 200
     assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
     assert response.headers["Access-Control-Allow-Headers"].lower() == "authorization"
-    assert set(response.headers["Access-Control-Allow-Methods"].split(", ")) == {"GET", "PATCH", "OPTIONS"}
+    assert set(response.headers["Access-Control-Allow-Methods"].split(", ")) == {"GET", "PATCH", "DELETE", "OPTIONS"}
     assert response.headers["Access-Control-Max-Age"] == "600"
     assert "Access-Control-Allow-Credentials" not in response.headers
 
