@@ -22,6 +22,7 @@ from .errors import ApiError
 from .indexer import BATCH_SIZE, Reindex
 from .mailio import NotAMessage, MessageSource, eml_filename, find_import_files, import_raw, mbox_entry, oldest_first
 from .deletion import DELETION_FIELDS, NOT_HELD
+from .listing import parse_filters
 from .maintenance import collect_orphans
 from .notify import masked
 from .routes.emails import build_query
@@ -352,28 +353,46 @@ def _purge_line(document: dict) -> str:
             f"{subject[:80]}")
 
 
+def _purge_query(archive, before: datetime | None, q: str | None) -> dict:
+    """What purge deletes: the listing's `q` filter (as GET /emails?q=) and/or received before."""
+    query: dict = {}
+    if q:
+        try:
+            query = dict(archive.filter_for(parse_filters({"q": q})))
+        except ApiError as error:
+            raise click.UsageError(f"--q: {error.message}") from None
+    if before:
+        bound = {"received_at": {"$lt": before.replace(tzinfo=timezone.utc)}}
+        if "received_at" in query:
+            query["$and"] = [*query.get("$and", []), bound]
+        else:
+            query.update(bound)
+    return query
+
+
 @click.command("purge")
 @with_appcontext
 @click.option("--before", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
               help="Only messages received before this date (UTC), e.g. 2025-01-01.")
+@click.option("--q", "q", help="Only messages a search finds, in GET /emails?q= syntax, e.g. 'from:news@example.com'.")
 @click.option("--dry-run", is_flag=True, help="Only report what would be deleted (also the default without --yes).")
 @click.option("--yes", is_flag=True, help="Really delete.")
-def purge_command(before: datetime | None, dry_run: bool, yes: bool):
+def purge_command(before: datetime | None, q: str | None, dry_run: bool, yes: bool):
     """Delete messages in bulk, with their unshared attachments; never messages on hold.
 
     In batches, oldest first; interrupted, it is resumed by running it again. Each deleted
     message's key is kept as a tombstone (DELETE_TOMBSTONE_DAYS), so a retry or replay of it
-    is not stored again. Without --yes it only reports.
+    is not stored again. Without --yes it only reports. --q finds what the search index
+    holds: messages stored within the last moments may not be indexed yet.
     """
-    if before is None:
-        raise click.UsageError("give --before DATE (purging everything at once is not offered)")
+    if before is None and not q:
+        raise click.UsageError("give --before DATE and/or --q QUERY (purging everything at once is not offered)")
     archive = current_app.extensions["archive"]
-    query = {"received_at": {"$lt": before.replace(tzinfo=timezone.utc)}}
+    query = _purge_query(archive, before, q)
     matching = {**query, **NOT_HELD}
     total = archive.emails.count_documents(matching)
     held = archive.emails.count_documents({**query, "hold": True})
-    click.echo(f"{total} message(s) received before {_iso(before.replace(tzinfo=timezone.utc))} to delete; "
-               f"{held} on hold kept")
+    click.echo(f"{total} message(s) to delete; {held} on hold kept")
     if dry_run or not yes:
         for document in archive.emails.find(matching, DELETION_FIELDS).sort("received_at", 1).limit(PURGE_PREVIEW):
             click.echo(f"  would delete {_purge_line(document)}")

@@ -16,6 +16,7 @@ from bson import ObjectId
 
 from improvmx_archive import create_app, metrics
 from improvmx_archive.archive import Archive
+from improvmx_archive.indexer import SearchIndexer
 from improvmx_archive.maintenance import Lease, collect_orphans
 from improvmx_archive.retention import Retention
 from tests.conftest import make_settings
@@ -203,7 +204,7 @@ def test_purge_reports_without_yes_and_deletes_with_it(secantus_app, archive):
     for dry in (["--before", cutoff], ["--before", cutoff, "--dry-run", "--yes"]):
         report = runner.invoke(args=["purge", *dry])
         assert report.exit_code == 0, report.output
-        assert "3 message(s) received before" in report.output and "1 on hold kept" in report.output
+        assert "3 message(s) to delete; 1 on hold kept" in report.output
         assert report.output.count("would delete") == 3 and "nothing deleted" in report.output
         assert archive.emails.count_documents({}) == 5
 
@@ -215,6 +216,23 @@ def test_purge_reports_without_yes_and_deletes_with_it(secantus_app, archive):
     assert archive.database.tombstones.count_documents({}) == 3
     assert runner.invoke(args=["purge", "--before", cutoff, "--yes"]).output.startswith("0 message(s)")
     assert runner.invoke(args=["purge"]).exit_code == 2
+
+
+def test_purge_by_search_deletes_only_what_the_search_finds(secantus_app, archive):
+    doomed = [_aged(archive, f"newsletter issue {n}", 2) for n in range(2)]
+    kept = _aged(archive, "invoice 42", 2)
+    old_newsletter = _aged(archive, "newsletter from long ago", 90)
+    SearchIndexer(archive).index_pending()  # the background indexer is off here
+    runner = secantus_app.test_cli_runner()
+    cutoff = (datetime.now(timezone.utc) - timedelta(days=30)).strftime("%Y-%m-%d")
+    assert "1 message(s) to delete" in runner.invoke(args=["purge", "--q", "newsletter", "--before", cutoff]).output
+    done = runner.invoke(args=["purge", "--q", "subject:newsletter", "--yes"])
+    assert done.exit_code == 0, done.output
+    assert "ok: deleted 3 message(s)" in done.output
+    assert {str(d["_id"]) for d in archive.emails.find({}, {"_id": 1})} == {kept}
+    assert not set(doomed + [old_newsletter]) & {str(d["_id"]) for d in archive.emails.find({}, {"_id": 1})}
+    bad = runner.invoke(args=["purge", "--q", "before:notadate"])
+    assert bad.exit_code == 2 and "--q:" in bad.output
 
 
 def test_retention_deletes_old_mail_but_not_held_or_unprocessed_when_asked(secantus_app, archive, auth, tmp_path,
