@@ -25,6 +25,11 @@ RAW_MESSAGE_TYPES = ("message/rfc822",)
 @require_api_key
 @limiter.limit(configured_limit("RATELIMIT_DOWNLOAD"))
 def raw_message(email_id: str):
+    return eml_response(email_id)
+
+
+def eml_response(email_id: str) -> Response:
+    """The rebuilt message as a streamed .eml download (the API's /raw and the UI's button)."""
     chunks = rebuild_message(current_app.extensions["archive"], email_id)
     if chunks is None:
         raise ApiError(404, "Email not found")

@@ -7,7 +7,7 @@ import functools
 import logging
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
-from flask_limiter import ExemptionScope
+from flask_limiter import ExemptionScope, RateLimitExceeded
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from pymongo.errors import PyMongoError
 from werkzeug.exceptions import HTTPException
@@ -88,6 +88,7 @@ def _api_error(error: ApiError):
     return render_error(error.status, error.message, error.headers)
 
 
+@bp.errorhandler(RateLimitExceeded)  # the app's JSON handler is registered for 429 itself
 @bp.errorhandler(HTTPException)
 def _http_error(error: HTTPException):
     status = error.code or 500

@@ -21,7 +21,9 @@ from markupsafe import Markup, escape
 from ..archive import Archive
 from ..errors import ApiError
 from ..payload import header_values, parse_address_list
-from ..routes.emails import INTERNAL_FIELDS, part_response, present
+from ..mailio import rebuild_message
+from ..routes.emails import part_response, present
+from ..routes.transfer import eml_response
 from ..security import csp_message_frame
 from .auth import safe_next
 from .blueprint import bp, signed_in
@@ -30,6 +32,7 @@ from .sanitize import clean_html
 from .verdicts import verdicts
 
 TABS = ("html", "text", "headers", "source")
+SOURCE_SHOWN = 256 * 1024  # bytes of the rebuilt .eml the Source tab shows; the button downloads all
 # What an <img> in the frame may load from the message's own parts.
 FRAME_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 _HOST = re.compile(r"^[A-Za-z0-9.:\[\]-]+$")
@@ -89,6 +92,22 @@ def _addresses(value: Any) -> list[dict[str, Any]]:
     return parse_address_list(value)[0]
 
 
+def _source(email_id: str) -> tuple[str, bool]:
+    """The start of the rebuilt .eml as text, and whether it was cut short."""
+    taken, size = [], 0
+    chunks = rebuild_message(current_app.extensions["archive"], email_id) or iter(())
+    try:
+        for chunk in chunks:
+            taken.append(chunk)
+            size += len(chunk)
+            if size > SOURCE_SHOWN:
+                break
+    finally:
+        getattr(chunks, "close", lambda: None)()
+    data = b"".join(taken)
+    return data[:SOURCE_SHOWN].decode("utf-8", "replace"), size > SOURCE_SHOWN
+
+
 def _neighbours(index: int | None) -> tuple[dict | None, dict | None]:
     """The messages before and after this one in the list it was opened from."""
     if index is None:
@@ -119,7 +138,6 @@ def message(email_id: str):
     index = _index_arg()
     before, after = _neighbours(index)
     current = list_args(request.args)
-    source = {key: value for key, value in shown.items() if key not in INTERNAL_FIELDS}
     return render_template(
         "ui/message.html", email=shown, document=document, tab=tab, current=current, index=index,
         before=before, after=after, verdicts=verdicts(document),
@@ -128,7 +146,7 @@ def message(email_id: str):
         sender=_addresses(document.get("from")),
         text=linkify(document["text"]) if isinstance(document.get("text"), str) else None,
         header_rows=_header_rows(document.get("headers")),
-        source=json.dumps(source, indent=2, ensure_ascii=False, default=str),
+        source=_source(email_id) if tab == "source" else None,
         remote=request.args.get("remote") == "1",
         back=request.full_path.rstrip("?"),
     )
@@ -168,6 +186,12 @@ def inline_part(email_id: str, grant: str, position: int):
     response = part_response(email_id, position=position, only_types=FRAME_IMAGE_TYPES)
     response.headers["Cross-Origin-Resource-Policy"] = "cross-origin"
     return response
+
+
+@bp.get("/emails/<email_id>/eml")
+@signed_in
+def download_eml(email_id: str):
+    return eml_response(email_id)
 
 
 @bp.get("/emails/<email_id>/parts/<int:position>")

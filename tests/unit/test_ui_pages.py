@@ -127,7 +127,26 @@ def test_text_and_header_tabs_escape_everything(archive, ui):
     headers = page(ui, f"/ui/emails/{email_id}?tab=headers")
     assert "<img src=x" not in headers and "&lt;img src=x onerror=alert(1)&gt;" in headers
     source = page(ui, f"/ui/emails/{email_id}?tab=source")
-    assert "<script>" not in source
+    assert "<script>" not in source and "Subject: &lt;b&gt;Subject&lt;/b&gt;" in source
+
+
+def test_source_tab_shows_the_rebuilt_message_and_downloads_it(archive, ui):
+    email_id = archive.ingest(payload_from_mime(sample_mime(subject="Rebuilt"))).email_id
+    source = page(ui, f"/ui/emails/{email_id}?tab=source")
+    assert "Subject: Rebuilt" in source and "Content-Type: multipart/mixed" in source
+    assert f"/ui/emails/{email_id}/eml" in source
+    response = ui.get(f"/ui/emails/{email_id}/eml")
+    assert response.status_code == 200 and response.mimetype == "message/rfc822"
+    assert response.headers["Content-Disposition"].startswith("attachment;")
+    assert b"Subject: Rebuilt" in response.get_data()
+
+
+def test_source_tab_is_cut_short_for_a_huge_message(archive, ui):
+    big = mime("big", attachment=(b"\0" * 400_000, "application", "octet-stream", "big.bin"))
+    email_id = archive.ingest(big).email_id
+    source = page(ui, f"/ui/emails/{email_id}?tab=source")
+    assert "Only the first 256.0 KB are shown" in source
+    assert len(source) < 400_000
 
 
 def test_previous_and_next_follow_the_list(archive, ui):
@@ -224,3 +243,11 @@ def test_session_cookie_is_required_for_every_page(app, archive):
         assert client.get(path).status_code == 302, path
     client.set_cookie(COOKIE_NAME, "made-up", path="/ui")
     assert client.get("/ui/").status_code == 302
+
+
+def test_ui_answers_to_its_own_limit_not_the_global_one(make_app):
+    app = make_app(RATELIMIT_GLOBAL="2 per minute", RATELIMIT_UI="4 per minute")
+    client = app.test_client()
+    responses = [client.get("/ui/login", environ_base={"REMOTE_ADDR": "192.0.2.201"}) for _ in range(5)]
+    assert [r.status_code for r in responses] == [200, 200, 200, 200, 429]
+    assert responses[-1].mimetype == "text/html" and int(responses[-1].headers["Retry-After"]) > 0
