@@ -92,6 +92,12 @@ def _addresses(value: Any) -> list[dict[str, Any]]:
     return parse_address_list(value)[0]
 
 
+def _remote_images(document: dict[str, Any]) -> int:
+    """How many remote images the frame blocks, so the notice appears only when it matters."""
+    html = document.get("html")
+    return clean_html(html, lambda cid: None).remote_images if isinstance(html, str) else 0
+
+
 def _source(email_id: str) -> tuple[str, bool]:
     """The start of the rebuilt .eml as text, and whether it was cut short."""
     taken, size = [], 0
@@ -148,6 +154,7 @@ def message(email_id: str):
         header_rows=_header_rows(document.get("headers")),
         source=_source(email_id) if tab == "source" else None,
         remote=request.args.get("remote") == "1",
+        remote_images=_remote_images(document) if tab == "html" else 0,
         back=request.full_path.rstrip("?"),
     )
 

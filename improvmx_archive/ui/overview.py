@@ -9,7 +9,8 @@ from flask import current_app, render_template
 from .blueprint import bp, signed_in
 from .stats import DAYS_CHARTED, biggest_senders, messages_per_day, processed_counts, storage
 
-CHART_WIDTH, CHART_HEIGHT = 600, 160
+CHART_WIDTH, CHART_HEIGHT = 1000, 180
+CHART_TOP = 26  # room above the tallest bar for the scale label
 
 
 def _chart(days: list[tuple[datetime, int]]) -> dict:
@@ -18,9 +19,10 @@ def _chart(days: list[tuple[datetime, int]]) -> dict:
     slot = CHART_WIDTH / len(days)
     bars = []
     for number, (day, count) in enumerate(days):
-        height = round(count / peak * (CHART_HEIGHT - 20), 1)
+        height = round(count / peak * (CHART_HEIGHT - CHART_TOP), 1)
         bars.append({"x": round(number * slot + 1, 1), "width": round(slot - 2, 1), "height": height,
-                     "y": round(CHART_HEIGHT - height, 1), "day": day, "count": count})
+                     "y": round(CHART_HEIGHT - height, 1), "day": day, "count": count,
+                     "labelled": (len(days) - 1 - number) % 7 == 0})
     return {"bars": bars, "peak": peak, "width": CHART_WIDTH, "height": CHART_HEIGHT}
 
 

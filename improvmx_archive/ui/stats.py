@@ -72,17 +72,20 @@ def messages_per_day(emails, today: datetime | None = None) -> list[tuple[dateti
             for day in days]
 
 
+def _total(collection, pipeline: list[dict], field: str) -> int:
+    rows = list(collection.aggregate([*pipeline, {"$group": {"_id": None, "total": {"$sum": field}}}]))
+    return rows[0]["total"] if rows else 0
+
+
 def storage(database) -> dict[str, int]:
     """Bytes held for bodies and for parts as received, and what GridFS really keeps (each
-    distinct part once): the difference is what deduplication saved."""
-    rows = list(database.emails.aggregate([
-        {"$project": {"size": 1, "parts": {"$add": [{"$sum": "$attachments.size"}, {"$sum": "$inlines.size"}]}}},
-        {"$group": {"_id": None, "total": {"$sum": "$size"}, "parts": {"$sum": "$parts"}}},
-    ]))
-    total = rows[0]["total"] if rows else 0
-    parts = rows[0]["parts"] if rows else 0
-    stored = list(database["blobs.files"].aggregate([{"$group": {"_id": None, "bytes": {"$sum": "$length"}}}]))
-    blob_bytes = stored[0]["bytes"] if stored else 0
+    distinct part once): the difference is what deduplication saved. (Plain $unwind and
+    $group: SecantusDB, unlike MongoDB, does not sum an array inside $project.)"""
+    emails = database.emails
+    total = _total(emails, [], "$size")
+    parts = sum(_total(emails, [{"$project": {kind: 1}}, {"$unwind": f"${kind}"}], f"${kind}.size")
+                for kind in ("attachments", "inlines"))
+    blob_bytes = _total(database["blobs.files"], [], "$length")
     return {"bodies": max(0, total - parts), "attachments": parts, "blob_bytes": blob_bytes,
             "dedup_saved": max(0, parts - blob_bytes)}
 

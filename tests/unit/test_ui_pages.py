@@ -112,7 +112,16 @@ def test_message_page_fields_badges_and_attachments(archive, ui):
     assert 'class="badge pass"' in html and 'class="badge fail"' in html and 'class="badge none"' in html
     assert f"/ui/emails/{email_id}/parts/0" in html and "sample.pdf" in html and "pixel.png" in html
     assert f'src="/ui/emails/{email_id}/frame"' in html and 'sandbox="allow-popups allow-popups-to-escape-sandbox"' in html
-    assert "Remote content blocked" in html
+    assert "Remote content blocked" not in html  # nothing remote to block
+
+
+def test_remote_content_notice_and_the_opt_in_link(archive, ui):
+    email_id = archive.ingest(mime("tracked", html='<p>hi</p><img src="https://t.example/p.gif">')).email_id
+    html = page(ui, f"/ui/emails/{email_id}")
+    assert "Remote content blocked: 1 image from other sites is not loaded" in html
+    assert f'href="/ui/emails/{email_id}?tab=html&amp;remote=1"' in html
+    shown = page(ui, f"/ui/emails/{email_id}?tab=html&remote=1")
+    assert f'src="/ui/emails/{email_id}/frame?remote=1"' in shown and "Block it again" in shown
 
 
 def test_text_and_header_tabs_escape_everything(archive, ui):
