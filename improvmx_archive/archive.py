@@ -272,12 +272,6 @@ class Archive:
         hint = index_hint(query)
         return cursor.hint(hint) if hint else cursor
 
-    def search(self, query: dict[str, Any], skip: int, limit: int) -> tuple[list[dict], int]:
-        """A page of summaries for a ready MongoDB filter, and the total matching: the call
-        the UI made before list_page existed."""
-        page = [unescape_keys(doc) for doc in self.page_cursor(query, skip, limit)]
-        return page, self._count(query)
-
     def _count(self, query: dict[str, Any]) -> int:
         if not query:
             return self.emails.estimated_document_count()

@@ -13,7 +13,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from ..deletion import MessageOnHold
 from ..errors import ApiError
-from ..listing import parse_filters, parse_page, subject_query  # noqa: F401 - subject_query: ui/inbox.py
+from ..listing import parse_filters, parse_page
 from ..ratelimit import configured_limit, limiter
 from ..retention import set_hold
 from ..security import require_api_key

@@ -19,6 +19,7 @@ from . import auth, inbox, message, overview  # noqa: F401  (their routes join t
 from .blueprint import bp, csrf
 from .formatting import FILTERS
 from .inbox import list_url
+from .message import message_url
 from .sessions import COOKIE_PATH, UiSessions
 from .stats import TimedCache
 
@@ -57,5 +58,5 @@ def register_ui(app: Flask, settings: Settings) -> None:
     app.extensions["ui_stats"] = TimedCache()
     csrf.init_app(app)
     app.jinja_env.filters.update(FILTERS)
-    app.jinja_env.globals["list_url"] = list_url
+    app.jinja_env.globals.update(list_url=list_url, message_url=message_url)
     app.register_blueprint(bp)

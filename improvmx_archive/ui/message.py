@@ -21,13 +21,14 @@ from markupsafe import Markup, escape
 from ..archive import Archive
 from ..errors import ApiError
 from ..payload import header_values, parse_address_list
+from ..query import QueryError
 from ..mailio import rebuild_message
 from ..routes.emails import part_response, present
 from ..routes.transfer import eml_response
 from ..security import csp_message_frame
 from .auth import safe_next
 from .blueprint import bp, signed_in
-from .inbox import list_args, list_query
+from .inbox import PAGE_SIZE, list_args, list_page
 from .sanitize import clean_html
 from .verdicts import verdicts
 
@@ -114,22 +115,40 @@ def _source(email_id: str) -> tuple[str, bool]:
     return data[:SOURCE_SHOWN].decode("utf-8", "replace"), size > SOURCE_SHOWN
 
 
-def _neighbours(index: int | None) -> tuple[dict | None, dict | None]:
-    """The messages before and after this one in the list it was opened from."""
-    if index is None:
+def message_url(email_id: str, **changes: Any) -> str:
+    """A link to a message that keeps the list it was opened from (filters and position);
+    changes override them (a neighbour's position, a tab, remote=1)."""
+    kept = {name: request.args[name] for name in ("c", "o", "pc") if name in request.args}
+    return url_for("ui.message", email_id=email_id, **{**list_args(request.args), **kept, **changes})
+
+
+def _neighbours(email_id: str) -> tuple[dict | None, dict | None]:
+    """The messages just newer and just older than this one in the list it was opened from,
+    as link arguments. The list position is the inbox page's cursor (c), the offset on that
+    page (o) and the cursor of the page before it (pc), so every step costs one page."""
+    offset = request.args.get("o", "")
+    if not offset.isdigit() or int(offset) >= PAGE_SIZE:
         return None, None
-    archive: Archive = current_app.extensions["archive"]
-    query = list_query()
-    start = max(0, index - 1)
-    window = [doc for doc in archive.page_cursor(query, start, 3 if index else 2)]
-    before = window[0] if index and window else None
-    after = window[2 if index else 1] if len(window) > (2 if index else 1) else None
-    return before, after
+    offset, cursor, previous = int(offset), request.args.get("c") or None, request.args.get("pc")
+    page = list_page(cursor)
+    if offset >= len(page.emails) or str(page.emails[offset]["_id"]) != email_id:
+        return None, None  # the list changed since: no neighbours rather than wrong ones
 
+    def at(document, page_cursor, position, before=previous):
+        return {"email_id": str(document["_id"]), "c": page_cursor, "o": position, "pc": before}
 
-def _index_arg() -> int | None:
-    raw = request.args.get("i", "")
-    return int(raw) if raw.isdigit() and int(raw) < 10_000_000 else None
+    newer = older = None
+    if offset > 0:
+        newer = at(page.emails[offset - 1], cursor, offset - 1)
+    elif previous is not None:
+        earlier = list_page(previous or None).emails
+        newer = at(earlier[-1], previous or None, len(earlier) - 1, None) if earlier else None
+    if offset + 1 < len(page.emails):
+        older = at(page.emails[offset + 1], cursor, offset + 1)
+    elif page.next:
+        following = list_page(page.next, limit=1).emails
+        older = at(following[0], page.next, 0, cursor or "") if following else None
+    return newer, older
 
 
 @bp.get("/emails/<email_id>")
@@ -141,11 +160,13 @@ def message(email_id: str):
     tab = request.args.get("tab") or ("html" if document.get("html") else "text")
     if tab not in TABS:
         tab = "html"
-    index = _index_arg()
-    before, after = _neighbours(index)
+    try:
+        before, after = _neighbours(email_id)
+    except QueryError:
+        before = after = None  # a stale or altered list position: the message itself still shows
     current = list_args(request.args)
     return render_template(
-        "ui/message.html", email=shown, document=document, tab=tab, current=current, index=index,
+        "ui/message.html", email=shown, document=document, tab=tab, current=current,
         before=before, after=after, verdicts=verdicts(document),
         reply_to=_addresses(header_values(document.get("headers"), "Reply-To")),
         to=_addresses(document.get("to")), cc=_addresses(document.get("cc")),

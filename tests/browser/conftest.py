@@ -5,6 +5,7 @@ outside world (a tracker recording every request, a hostile site posting forms).
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -69,6 +70,12 @@ class Served:
         response.raise_for_status()
         return response.json()
 
+    def wait_searchable(self, query: str, expected: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.api(f"/emails?q={query}")["total"] < expected:
+            assert time.monotonic() < deadline, f"the indexer did not index {query!r} in {timeout} s"
+            time.sleep(0.2)
+
     def ingest(self, name: str, payload: dict) -> str:
         response = requests.post(self.base + "/webhook", json=payload, timeout=30)
         assert response.status_code == 200, response.text
@@ -96,7 +103,8 @@ def served(tmp_path_factory, secantus_server):
         "RATELIMIT_UI": "100000 per minute",
         "SPOOL_DIR": str(work / "spool"),
         "TRUSTED_PROXY_COUNT": "0",
-        "BACKGROUND_TASKS": "off",
+        "BACKGROUND_TASKS": "on",  # the search indexer makes new mail searchable
+        "SEARCH_INDEX_INTERVAL": "0.5",
         "WEB_CONCURRENCY": "2",
     }
     server = processes.gunicorn(env, work / "gunicorn.log").start(timeout=60)

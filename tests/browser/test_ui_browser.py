@@ -55,6 +55,7 @@ def mail(served, tracker):
     served.ingest("picture", payload_from_mime(sample_mime(recipient="photos@archive.test",
                                                            subject="Holiday picture")))
     served.ingest("hostile", hostile_payload(tracker))
+    served.wait_searchable("holiday", 1)
     return served
 
 
