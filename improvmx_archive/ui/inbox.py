@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from flask import current_app, redirect, render_template, request, url_for
+from bson import ObjectId
+from flask import current_app, flash, redirect, render_template, request, url_for
 
 from ..archive import Archive
+from ..deletion import MessageOnHold
 from ..listing import Page, parse_filters
 from .auth import safe_next
 from .blueprint import bp, render_error, signed_in
@@ -53,16 +55,47 @@ def list_url(**overrides: str | None) -> str:
     return url_for("ui.inbox") + ("?" + urlencode(args) if args else "")
 
 
+def _selected() -> list[str]:
+    return [email_id for email_id in dict.fromkeys(request.form.getlist("ids")) if ObjectId.is_valid(email_id)][:BULK_LIMIT]
+
+
 @bp.post("/emails/bulk")
 @signed_in
 def bulk():
+    """Mark the selected messages, or ask to confirm deleting them (a page of its own, so
+    deletion is confirmed without script)."""
     archive: Archive = current_app.extensions["archive"]
-    ids = request.form.getlist("ids")[:BULK_LIMIT]
-    action = request.form.get("action")
-    if action not in {"processed", "unprocessed"}:
+    ids, action = _selected(), request.form.get("action")
+    if action not in {"processed", "unprocessed", "delete"}:
         return render_error(400, "Choose what to do with the selected messages.")
     if not ids:
         return render_error(400, "Select at least one message first.")
+    if action == "delete":
+        chosen = archive.emails.find({"_id": {"$in": [ObjectId(i) for i in ids]}},
+                                     {"subject": 1, "from": 1, "received_at": 1, "hold": 1})
+        return render_template("ui/confirm_delete.html", messages=list(chosen),
+                               back=safe_next(request.form.get("back")))
     for email_id in ids:
         archive.set_processed(email_id, action == "processed")
+    return redirect(safe_next(request.form.get("back")), 303)
+
+
+@bp.post("/emails/delete")
+@signed_in
+def delete():
+    """Delete the confirmed messages through the API's deletion (tombstones, shared blobs
+    kept); held messages stay and are reported."""
+    if request.form.get("confirm") != "yes":
+        return render_error(400, "Deletion was not confirmed, so nothing was deleted.")
+    deleter = current_app.extensions["archive"].deleter
+    deleted = held = 0
+    for email_id in _selected():
+        try:
+            deleted += deleter.delete(email_id)
+        except MessageOnHold:
+            held += 1
+    notice = f"Deleted {deleted} message{'' if deleted == 1 else 's'}."
+    if held:
+        notice += f" {held} on hold {'was' if held == 1 else 'were'} kept: release the hold first."
+    flash(notice)
     return redirect(safe_next(request.form.get("back")), 303)

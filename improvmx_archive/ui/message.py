@@ -22,6 +22,7 @@ from ..archive import Archive
 from ..errors import ApiError
 from ..payload import header_values, parse_address_list
 from ..query import QueryError
+from ..retention import set_hold
 from ..mailio import rebuild_message
 from ..routes.emails import part_response, present
 from ..routes.transfer import eml_response
@@ -228,10 +229,20 @@ def download_part(email_id: str, position: int):
     return part_response(email_id, position=position)
 
 
+@bp.post("/emails/<email_id>/hold")
+@signed_in
+def hold(email_id: str):
+    _found(set_hold(current_app.extensions["archive"], email_id, request.form.get("hold") == "true"))
+    return redirect(_back(email_id), 303)
+
+
+def _back(email_id: str) -> str:
+    return safe_next(request.form["back"]) if request.form.get("back") else url_for("ui.message", email_id=email_id)
+
+
 @bp.post("/emails/<email_id>/processed")
 @signed_in
 def mark(email_id: str):
     processed = request.form.get("processed") == "true"
     _found(current_app.extensions["archive"].set_processed(email_id, processed))
-    return redirect(safe_next(request.form.get("back")) if request.form.get("back") else
-                    url_for("ui.message", email_id=email_id), 303)
+    return redirect(_back(email_id), 303)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import re
-from email.message import EmailMessage
 
 import pytest
 
@@ -12,20 +10,7 @@ from improvmx_archive.indexer import SearchIndexer
 from improvmx_archive.sample import PIXEL_PNG, payload_from_mime, sample_mime
 from improvmx_archive.security import CSP_UI
 from improvmx_archive.ui.sessions import COOKIE_NAME
-from tests.ui_helpers import post_form, sign_in
-
-
-def mime(subject: str, sender: str = "alice@example.org", to: str = "sales@archive.test", html: str | None = None,
-         text: str = "Hello", attachment: tuple[bytes, str, str, str] | None = None) -> dict:
-    message = EmailMessage()
-    message["From"], message["To"], message["Subject"] = sender, to, subject
-    message.set_content(text)
-    if html is not None:
-        message.add_alternative(html, subtype="html")
-    if attachment:
-        data, maintype, subtype, name = attachment
-        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
-    return payload_from_mime(message.as_bytes())
+from tests.ui_helpers import mime, page, post_form, sign_in
 
 
 @pytest.fixture
@@ -37,12 +22,6 @@ def archive(app):
 def ui(client):
     sign_in(client)
     return client
-
-
-def page(client, path):
-    response = client.get(path)
-    assert response.status_code == 200, (path, response.status_code)
-    return response.get_data(as_text=True)
 
 
 def test_inbox_lists_newest_first_with_the_row_details(archive, ui):
@@ -303,3 +282,12 @@ def test_an_altered_list_position_still_shows_the_message(archive, ui):
     html = page(ui, f"/ui/emails/{email_id}?c=forged&o=0&q=still")
     assert "still readable" in page(ui, f"/ui/emails/{email_id}?o=0&pc=forged")
     assert "still readable" in html and 'rel="next"' not in html
+
+
+def test_hold_and_release_from_the_message_page(archive, ui):
+    email_id = archive.ingest(mime("hold me")).email_id
+    post_form(ui, f"/ui/emails/{email_id}/hold", {"hold": "true"}, page=f"/ui/emails/{email_id}")
+    assert archive.emails.find_one()["hold"] is True
+    assert "Release hold" in page(ui, f"/ui/emails/{email_id}")
+    post_form(ui, f"/ui/emails/{email_id}/hold", {"hold": "false"}, page=f"/ui/emails/{email_id}")
+    assert archive.emails.find_one()["hold"] is False
