@@ -15,6 +15,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v chromium >/dev/null || missing+=(chromium)
 [[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
 [[ -d /usr/share/fonts/truetype/dejavu ]] || missing+=(fonts-dejavu-core)
+command -v mutt >/dev/null || missing+=(mutt)
 if ((${#missing[@]})); then
     echo "==> installing Debian packages: ${missing[*]}"
     sudo_cmd=()
