@@ -18,14 +18,13 @@ from flask.cli import AppGroup, with_appcontext
 from . import blobrefs
 from .archive import index_hint
 from .db import DatabaseUnavailable, create_indexes, ping
+from .deletion import DELETION_FIELDS, NOT_HELD
 from .errors import ApiError
 from .indexer import BATCH_SIZE, Reindex
-from .mailio import NotAMessage, MessageSource, eml_filename, find_import_files, import_raw, mbox_entry, oldest_first
-from .deletion import DELETION_FIELDS, NOT_HELD
 from .listing import parse_filters
+from .mailio import NotAMessage, MessageSource, eml_filename, find_import_files, import_raw, mbox_entry, oldest_first
 from .maintenance import collect_orphans
 from .notify import masked
-from .routes.emails import build_query
 from .sample import payload_from_mime, sample_mime
 
 spool_cli = AppGroup("spool", help="Inspect and replay messages spooled during a MongoDB outage.")
@@ -214,13 +213,12 @@ def notify_retry_command():
 
 
 def _export_query(filters: dict[str, str | None]) -> dict:
-    """The MongoDB filter GET /emails builds from the same parameters."""
+    """The MongoDB filter GET /emails applies for the same parameters (q included)."""
     args = {name: value for name, value in filters.items() if value is not None}
-    with current_app.test_request_context("/emails", query_string=args):
-        try:
-            return build_query()
-        except ApiError as error:
-            raise click.UsageError(error.message) from None
+    try:
+        return current_app.extensions["archive"].filter_for(parse_filters(args))
+    except ApiError as error:
+        raise click.UsageError(error.message) from None
 
 
 def _write_atomically(path: Path, chunks) -> None:
@@ -240,6 +238,7 @@ def _write_atomically(path: Path, chunks) -> None:
 @with_appcontext
 @click.option("--format", "output_format", type=click.Choice(["mbox", "eml"]), default="mbox", show_default=True,
               help="One mbox file, or a directory of <received_at>-<id>.eml files.")
+@click.option("--q", help="A search, as GET /emails?q= (e.g. 'from:ann has:attachment invoice').")
 @click.option("--from-email", help="Sender address, as GET /emails?from_email=.")
 @click.option("--to", help="Recipient address, as GET /emails?to=.")
 @click.option("--subject", help="Substring of the subject, as GET /emails?subject=.")

@@ -435,8 +435,9 @@ def oldest_first(archive, query: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         conditions = [dict(query)] if query else []
         if last is not None:
             moment, email_id = last
+            # A range the index bounds, and the few ties on it already exported left out.
             conditions += [{"received_at": {"$gte": moment}},
-                           {"$or": [{"received_at": {"$gt": moment}}, {"received_at": moment, "_id": {"$gt": email_id}}]}]
+                           {"$nor": [{"received_at": moment, "_id": {"$lte": email_id}}]}]
         selector = {"$and": conditions} if len(conditions) > 1 else (conditions[0] if conditions else {})
         cursor = archive.emails.find(selector, {"_id": 1, "received_at": 1}).sort(
             [("received_at", ASCENDING), ("_id", ASCENDING)]).limit(batch)

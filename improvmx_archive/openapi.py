@@ -121,12 +121,12 @@ TRANSFER_PATHS = {
                       **_error_responses(*AUTH_ERRORS, 404)}}},
     "/export.mbox": {"get": {
         "summary": "Every matching message, oldest first, as one streamed mbox (mboxrd)",
-        "description": "Takes the filters of GET /emails (limit and skip are ignored: everything matching is "
-                       "exported). LF line endings, `From <sender> <asctime UTC of received_at>` separators, "
+        "description": "Takes the filters of GET /emails, q included (paging does not apply: everything "
+                       "matching is exported). LF line endings, `From <sender> <asctime UTC of received_at>` separators, "
                        "`>From ` quoting reversible (mboxrd). Streamed at constant memory; a client that "
                        "disconnects stops the export.",
         "security": BEARER,
-        "parameters": [p for p in LIST_PARAMETERS if p["name"] not in ("limit", "skip")],
+        "parameters": [p for p in LIST_PARAMETERS if p["name"] not in ("limit", "skip", "cursor", "count")],
         "responses": {"200": {"description": "The mbox, streamed", "content": {"application/mbox": RAW_MESSAGE}},
                       **_error_responses(400, *AUTH_ERRORS)}}},
     "/import": {"post": {

@@ -12,7 +12,8 @@ from ..errors import ApiError
 from ..ratelimit import configured_limit, limiter
 from ..security import require_api_key
 from ..mailio import NotAMessage, import_raw, mbox_export, rebuild_message
-from .emails import build_query, content_disposition
+from ..listing import parse_filters
+from .emails import content_disposition
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,10 @@ def eml_response(email_id: str) -> Response:
 @require_api_key
 @limiter.limit(configured_limit("RATELIMIT_DOWNLOAD"))
 def export_mbox():
-    query = build_query()
+    archive = current_app.extensions["archive"]
+    query = archive.filter_for(parse_filters(request.args))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    response = Response(mbox_export(current_app.extensions["archive"], query), content_type="application/mbox",
+    response = Response(mbox_export(archive, query), content_type="application/mbox",
                         direct_passthrough=True)
     response.headers["Content-Disposition"] = content_disposition("attachment", f"archive-{stamp}.mbox")
     return response

@@ -10,6 +10,7 @@ from email.message import EmailMessage
 
 import pytest
 
+from improvmx_archive.indexer import SearchIndexer
 from improvmx_archive.sample import payload_from_mime
 from tests.conftest import API_KEY
 from tests.payloads import FIXTURES, eml_payload, message_with_attachment
@@ -96,6 +97,19 @@ def test_export_mbox_applies_the_list_filters(app, client, auth, tmp_path):
     response = client.get("/export.mbox?from_email=ann@example.org&until=2022-06-15T00:00:00Z", headers=auth)
     assert [m["Subject"] for m in _mbox(tmp_path, response.get_data())] == ["from ann"]
     assert client.get("/export.mbox?since=yesterday", headers=auth).status_code == 400
+
+
+def test_export_mbox_takes_the_search_language(app, client, auth, tmp_path):
+    archive = app.extensions["archive"]
+    moment = datetime(2022, 6, 1, tzinfo=timezone.utc)
+    _ingest_at(archive, "quarterly invoice", moment + timedelta(days=2), text="please pay the invoice")
+    _ingest_at(archive, "holiday photos", moment + timedelta(days=1))
+    _ingest_at(archive, "old invoice", moment, sender="ann@example.org", text="the invoice, again")
+    SearchIndexer(archive).index_pending()
+    response = client.get("/export.mbox?q=invoice", headers=auth)
+    assert [m["Subject"] for m in _mbox(tmp_path, response.get_data())] == ["old invoice", "quarterly invoice"]
+    response = client.get("/export.mbox?q=invoice%20from:ann@example.org", headers=auth)
+    assert [m["Subject"] for m in _mbox(tmp_path, response.get_data())] == ["old invoice"]
 
 
 def test_export_mbox_pages_through_more_than_one_batch(app, client, auth, tmp_path, monkeypatch):
@@ -244,6 +258,16 @@ def test_export_command_writes_eml_files_and_resumes(app, tmp_path):
     assert "exported 1 message(s)" in result.output and "skipped 2 already there" in result.output
     parsed = email.message_from_bytes(files[0].read_bytes(), policy=policy.default)
     assert parsed["Subject"] == "seed 0"
+
+
+def test_export_command_takes_the_search_language(app, tmp_path):
+    archive = app.extensions["archive"]
+    _seed(archive)
+    SearchIndexer(archive).index_pending()
+    output = tmp_path / "q.mbox"
+    result = app.test_cli_runner().invoke(args=["export", "--q", "subject:seed", "--until", "2020-01-02", str(output)])
+    assert result.exit_code == 0, result.output
+    assert [m["Subject"] for m in mailbox.mbox(output, create=False)] == ["seed 0", "seed 1"]
 
 
 def test_export_command_refuses_a_bad_filter(app, tmp_path):
