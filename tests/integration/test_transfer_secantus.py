@@ -20,6 +20,7 @@ from pymongo import MongoClient
 
 from devtools import processes
 from improvmx_archive import create_app
+from improvmx_archive.indexer import SearchIndexer
 from improvmx_archive.sample import PIXEL_PNG, payload_from_mime
 from tests.conftest import make_settings
 
@@ -175,3 +176,39 @@ def test_raw_download_of_a_large_message_on_a_real_server(secantus_app, auth):
     response = secantus_app.test_client().get(f"/emails/{email_id}/raw", headers=auth)
     again = payload_from_mime(response.get_data())
     assert base64.b64decode(again["attachments"][0]["content"]) == data
+
+
+def test_filtered_export_pages_correctly_through_multikey_indexes(secantus_app, auth, tmp_path, monkeypatch):
+    """Keyset pages (received_at range, ties by _id) over the recipient and token indexes,
+    whose first field is an array: every match once, oldest first."""
+    monkeypatch.setattr("improvmx_archive.mailio.EXPORT_BATCH", 3)
+    archive = secantus_app.extensions["archive"]
+    expected = []
+    for number in range(14):
+        message = EmailMessage()
+        message["From"] = "sender@example.org"
+        message["To"] = "sales@archive.test" if number % 2 else "other@archive.test"
+        message["Subject"] = f"Quote {number:02d}" if number % 3 else f"Invoice {number:02d}"
+        message.set_content(f"message {number}")
+        moment = START + timedelta(hours=number // 3)  # ties of three
+        archive.ingest(payload_from_mime(message.as_bytes()), received_at=moment)
+        if number % 2:
+            expected.append((moment, message["Subject"]))
+    SearchIndexer(archive).index_pending()
+    client = secantus_app.test_client()
+
+    def subjects(query: str) -> list[str]:
+        path = tmp_path / "filtered.mbox"
+        path.write_bytes(client.get(f"/export.mbox?{query}", headers=auth).get_data())
+        box = mailbox.mbox(path, create=False)
+        try:
+            return [message["Subject"] for message in box]
+        finally:
+            box.close()
+
+    by_recipient = subjects("to=sales@archive.test")
+    assert sorted(by_recipient) == sorted(subject for _, subject in expected)
+    assert len(by_recipient) == len(expected) and [s for s in by_recipient if s.startswith("Invoice")]
+    times = {subject: moment for moment, subject in expected}
+    assert [times[subject] for subject in by_recipient] == sorted(times[subject] for subject in by_recipient)
+    assert subjects("q=invoice") == [f"Invoice {n:02d}" for n in range(0, 14, 3)]
