@@ -86,9 +86,9 @@ def encode_header_value(name: str, value: str) -> str:
     return Header(value, charset, header_name=name).encode(splitchars=" ", linesep="\n")
 
 
-def _address_text(address: Mapping[str, Any]) -> str | None:
-    """`Name <local@domain>`, the address cut where a character would end it in a list."""
-    email_address = ADDRESS_SPECIALS.split(str(address.get("email") or "").strip().lstrip("<"), 1)[0]
+def _clean_address(value: Any) -> str | None:
+    """`local@domain` cut where a character would end it in a list; IDNA for the domain."""
+    email_address = ADDRESS_SPECIALS.split(str(value or "").strip().lstrip("<"), 1)[0]
     if email_address.count("@") != 1:
         return None
     local, _, domain = email_address.rpartition("@")
@@ -97,9 +97,16 @@ def _address_text(address: Mapping[str, Any]) -> str | None:
             domain = domain.encode("idna").decode("ascii")
         except UnicodeError:
             pass
+    return f"{local}@{domain}"
+
+
+def _address_text(address: Mapping[str, Any]) -> str | None:
+    """`Name <local@domain>` from a stored {name, email}."""
+    email_address = _clean_address(address.get("email"))
+    if email_address is None:
+        return None
     name = address.get("name")
-    name = one_line(name) if isinstance(name, str) else ""
-    return formataddr((name, f"{local}@{domain}"), charset="utf-8")
+    return formataddr((one_line(name) if isinstance(name, str) else "", email_address), charset="utf-8")
 
 
 def format_addresses(value: Any) -> str | None:
@@ -125,9 +132,11 @@ def _header_texts(name: str, value: Any) -> list[str]:
     texts = []
     for item in items:
         if lower in ADDRESS_HEADERS or (isinstance(item, dict) and "email" in item):
-            text = format_addresses(item)
-            if lower == "return-path" and text:
-                text = f"<{parse_address_list(item)[0][0]['email']}>"
+            if lower == "return-path":
+                found = [_clean_address(address["email"]) for address in parse_address_list(item)[0]]
+                text = f"<{found[0]}>" if found and found[0] else None
+            else:
+                text = format_addresses(item)
         else:
             text = _scalar_text(item)
         if text is not None and one_line(text):

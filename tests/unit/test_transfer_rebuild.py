@@ -150,6 +150,7 @@ HOSTILE = {
     "to": [{"name": 'Quote " and \\ backslash', "email": "to@archive.test"}],
     "date": "Tue, 10 Nov 2026 10:00:00 +0000\r\nX-Injected: date",
     "message-id": "<id@example.org>\nX-Injected: mid",
+    "return-path": {"name": None, "email": "bounce@example.org>\r\nX-Injected: rp"},
     "headers": {
         "X-Evil\r\nBcc": "name injection",
         "X-Colon: Bcc": "colon in name",
@@ -184,6 +185,7 @@ def test_hostile_stored_values_cannot_inject_headers_or_parts(app):
     assert parsed["Subject"] == "Hello Bcc: victim@example.org --injected"
     assert [a.addr_spec for a in parsed["From"].addresses] == ["eve@example.org"]
     assert parsed["To"].addresses[0].display_name == 'Quote " and \\ backslash'
+    assert parsed["Return-Path"] == "<bounce@example.org>"
     assert parsed["X-Value"] == "line one Bcc: value-injection@example.org"
     invalid = parsed.get_all(UNREPRESENTABLE_HEADER)
     assert sorted(invalid) == sorted(["X-Evil Bcc: name injection", "X-Colon: Bcc: colon in name",
