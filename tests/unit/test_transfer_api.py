@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import mailbox
+import re
 from datetime import datetime, timedelta, timezone
 from email import policy
 from email.message import EmailMessage
@@ -299,3 +300,17 @@ def test_import_command_reads_files_directories_and_mboxes(app, tmp_path):
     assert archive.emails.find_one({"subject": "boxed 1"})["text"] == "From the mbox 1\nline"
     again = runner.invoke(args=["import", str(mbox_path), str(tree / "latin1.eml")])
     assert again.exit_code == 0 and "stored 0, duplicate 4, failed 0" in again.output
+
+
+def test_import_command_reads_a_crlf_mboxrd_file(app, tmp_path):
+    entries = []
+    for number in range(2):
+        raw = _message(f"crlf {number}", text=f"first\nFrom quoted {number}\n>From twice").replace(b"\n", b"\r\n")
+        quoted = re.sub(rb"(?m)^(>*From )", rb">\1", raw)
+        entries.append(b"From sender@example.org Mon Mar  2 09:00:00 2020\r\n" + quoted + b"\r\n")
+    path = tmp_path / "windows.mbox"
+    path.write_bytes(b"".join(entries))
+    result = app.test_cli_runner().invoke(args=["import", str(path)])
+    assert result.exit_code == 0 and "stored 2, duplicate 0, failed 0" in result.output, result.output
+    stored = app.extensions["archive"].emails.find_one({"subject": "crlf 1"})
+    assert stored["text"].replace("\r\n", "\n") == "first\nFrom quoted 1\n>From twice"
