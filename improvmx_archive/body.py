@@ -13,7 +13,7 @@ import re
 import secrets
 from typing import Any, Iterator
 
-from .payload import rebuild
+from .payload import MAX_JSON_DEPTH, nesting_depth, rebuild
 
 SPILL_THRESHOLD = 64 * 1024  # literals at least this long are left in the buffer
 SLICE_BYTES = 1024 * 1024
@@ -54,14 +54,31 @@ class SpilledString:
         return b"".join(self.slices()).decode("ascii")
 
 
+class NestedTooDeeply(ValueError):
+    """The JSON nests lists and objects more than MAX_JSON_DEPTH levels deep."""
+
+
+def _loads(text: str | bytes, **loads_options: Any) -> Any:
+    """json.loads, with nesting past MAX_JSON_DEPTH refused (the C parser itself gives up
+    with RecursionError near the interpreter's recursion limit)."""
+    try:
+        value = json.loads(text, **loads_options)
+    except RecursionError:
+        raise NestedTooDeeply() from None
+    if nesting_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise NestedTooDeeply()
+    return value
+
+
 def parse_json_body(body: bytearray, **loads_options: Any) -> Any:
     """json.loads(body), except that long base64-like string values come back as
     SpilledString objects reading from `body` (which must then stay unmodified).
 
-    Raises ValueError (UnicodeDecodeError included) for anything that is not JSON.
+    Raises ValueError (UnicodeDecodeError included) for anything that is not JSON, and its
+    subclass NestedTooDeeply for JSON nested past MAX_JSON_DEPTH.
     """
     if json.detect_encoding(body) != "utf-8":
-        return json.loads(bytes(body), **loads_options)
+        return _loads(bytes(body), **loads_options)
     token = secrets.token_hex(8)
     spilled: dict[str, SpilledString] = {}
     pieces: list[bytes] = []
@@ -77,9 +94,9 @@ def parse_json_body(body: bytearray, **loads_options: Any) -> Any:
         pieces += [bytes(view[kept_until:start]), b'"', placeholder.encode(), b'"']
         kept_until = end
     if not spilled:
-        return json.loads(body.decode("utf-8", "surrogatepass"), **loads_options)
+        return _loads(body.decode("utf-8", "surrogatepass"), **loads_options)
     pieces.append(bytes(view[kept_until:]))
-    return _restore(json.loads(b"".join(pieces).decode("utf-8", "surrogatepass"), **loads_options), spilled)
+    return _restore(_loads(b"".join(pieces).decode("utf-8", "surrogatepass"), **loads_options), spilled)
 
 
 def _restore(payload: Any, spilled: dict[str, SpilledString]) -> Any:

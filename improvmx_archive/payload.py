@@ -23,8 +23,42 @@ KNOWN_FIELDS = (
 )
 PART_KINDS = ("attachments", "inlines")
 SNIPPET_LENGTH = 200
+# A request body nested deeper than this is refused (400): no mail parser produces one, and
+# every recursive step after parsing (and MongoDB, at 100 levels) would trip on it.
+MAX_JSON_DEPTH = 100
+# A field nested deeper than this is kept as its JSON text and flagged, so the document
+# stays well inside MongoDB's nesting limit whatever wraps the field.
+MAX_FIELD_DEPTH = 32
 _TAGS = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]+>", re.S | re.I)
 _SPACES = re.compile(r"\s+")
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deeply lists and objects nest in value (a scalar is 0), without recursion; stops
+    counting once past limit."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def _flatten_deep(fields: dict[str, Any], flags: list[str], prefix: str = "") -> dict[str, Any]:
+    """Fields nested past MAX_FIELD_DEPTH replaced by their JSON text, each flagged."""
+    kept = {}
+    for key, value in fields.items():
+        if isinstance(value, (dict, list)) and nesting_depth(value, MAX_FIELD_DEPTH) > MAX_FIELD_DEPTH:
+            value = json.dumps(value, default=str)
+            flags.append(f"nested_too_deeply:{prefix}{key}")
+        kept[key] = value
+    return kept
 
 
 def parse_address(value: Any) -> dict[str, str | None] | None:
@@ -208,6 +242,8 @@ def normalise(payload: dict[str, Any]) -> Message:
     flags: list[str] = []
     fields: dict[str, Any] = {}
     extra: dict[str, Any] = {}
+    payload = _flatten_deep({key: value for key, value in payload.items() if key not in PART_KINDS}, flags) | {
+        kind: payload[kind] for kind in PART_KINDS if kind in payload}
     for key, value in payload.items():
         if key in KNOWN_FIELDS and key not in PART_KINDS:
             fields[key] = value
@@ -221,11 +257,11 @@ def normalise(payload: dict[str, Any]) -> Message:
             continue
         if not isinstance(received, list):
             flags.append(f"{kind}_not_a_list")
-            extra[kind] = received
+            extra.update(_flatten_deep({kind: received}, flags))
             continue
         for index, item in enumerate(received):
             if isinstance(item, dict):
-                parts.append(Part(kind, index, item))
+                parts.append(Part(kind, index, _flatten_deep(item, flags, f"{kind}.{index}.")))
             else:
                 parts.append(Part(kind, index, {"content": item}, ["part_not_an_object"]))
 

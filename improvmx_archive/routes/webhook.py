@@ -12,8 +12,9 @@ import traceback
 from flask import Blueprint, current_app, jsonify, request
 
 from ..archive import RecipientNotAccepted
-from ..body import parse_json_body, plain
+from ..body import NestedTooDeeply, parse_json_body, plain
 from ..db import DatabaseUnavailable
+from ..payload import MAX_JSON_DEPTH
 from ..spool import SpoolUnavailable
 from ..errors import ApiError
 from ..metrics import count_delivery, ingest_timer
@@ -65,6 +66,8 @@ def read_payload() -> dict:
         raise ApiError(400, "Request body is empty; expected the ImprovMX JSON payload")
     try:
         payload = parse_json_body(body, parse_int=_json_int)
+    except NestedTooDeeply:
+        raise ApiError(400, f"Request body nests lists or objects more than {MAX_JSON_DEPTH} levels deep") from None
     except ValueError:
         raise ApiError(400, "Request body is not valid JSON") from None
     if not isinstance(payload, dict):
