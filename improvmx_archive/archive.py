@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import bson
-from bson import ObjectId
+from bson import Binary, ObjectId
 from pymongo import DESCENDING, ReturnDocument
 from pymongo.errors import (
     ConnectionFailure,
@@ -33,7 +33,9 @@ from .deletion import Deleter
 from .indexer import Vocabulary, pending_marker
 from .listing import CursorCodec, Filters, Page, after_position
 from .notify import mark_for_notification
-from .parts import INLINE_DATA, BlobStore, BlobStream, Decoded, inline_stream, inspect_part
+from .parts import (
+    INLINE_DATA, INLINE_PART_LIMIT, INLINE_TOTAL_LIMIT, BlobStore, BlobStream, Decoded, inline_stream, inspect_part,
+)
 from .payload import (
     Message, Part, accepts_domains, escape_keys, idempotency_key, normalise, replace_lone_surrogates,
     unescape_keys,
@@ -56,6 +58,7 @@ DOCUMENT_LIMIT = 15 * 1024 * 1024  # stay clear of MongoDB's 16 MB document cap
 GC_BATCH = 500  # candidate blobs checked per query of the blob_ids index
 DEFAULT_TOMBSTONE_PERIOD = timedelta(days=7)
 SUMMARY_EXCLUDE = {"text": 0, "html": 0, "headers": 0, "overflow": 0, "bodies": 0, "blob_ids": 0,
+                   f"attachments.{INLINE_DATA}": 0, f"inlines.{INLINE_DATA}": 0,
                    "tokens": 0, "search": 0, "subject_trigrams": 0}
 
 
@@ -91,23 +94,37 @@ class IngestResult:
     deleted: bool = False  # a retry of a deleted message: not stored again (deletion.py)
 
 
-def _part_record(part: Part, decoded: Decoded, blob_id: ObjectId) -> dict[str, Any]:
-    """What the message document says about one part (its bytes live in GridFS)."""
+def _part_record(part: Part, decoded: Decoded, *, blob_id: ObjectId | None = None) -> dict[str, Any]:
+    """What the message document says about one part: its bytes are in the record itself
+    (INLINE_DATA) when blob_id is None, else in that GridFS blob."""
     record = {
         "index": part.index,
         "name": part.name,
         "type": part.content_type,
         "size": decoded.size,
         "sha256": decoded.sha256,
-        "blob_id": blob_id,
         "stored_as": decoded.mode,
     }
-    for key, value in escape_keys(part.raw).items():
-        if key not in ("content", "name", "type") and key not in record:
-            record[key] = value
+    if blob_id is None:
+        record[INLINE_DATA] = Binary(decoded.data)
+    else:
+        record["blob_id"] = blob_id
+    for key, value in escape_keys({k: v for k, v in part.raw.items() if k not in ("content", "name", "type")}).items():
+        record.setdefault(key, value)
     if decoded.flags:
         record["flags"] = decoded.flags
     return record
+
+
+def _kept_inline(decoded: list[Decoded]) -> list[bool]:
+    """Which parts stay in the message document: small ones, up to a total per message."""
+    total = 0
+    placement = []
+    for info in decoded:
+        inline = info.data is not None and info.size <= INLINE_PART_LIMIT and total + info.size <= INLINE_TOTAL_LIMIT
+        total += info.size if inline else 0
+        placement.append(inline)
+    return placement
 
 
 class Archive:
@@ -157,22 +174,27 @@ class Archive:
             raise DatabaseUnavailable(type(error).__name__) from error
 
     def _ingest(self, message: Message, email_id: ObjectId) -> IngestResult:
+        """One durable insert for a typical message: small parts ride in the document and the
+        unique index alone catches a retry. Only parts bound for GridFS make it worth asking
+        first whether this delivery is already stored (a retry would upload them again)."""
         self.ensure_indexes()
         decoded = [inspect_part(part) for part in message.parts]
         key = idempotency_key(message, [d.sha256 for d in decoded])
-        if message.parts:
-            # A retry is recognised before its parts are uploaded again; without parts the
-            # unique index alone catches it, one round trip cheaper.
+        inline = _kept_inline(decoded)
+        if not all(inline):
             existing = self.emails.find_one({"idempotency_key": key}, {"_id": 1})
             if existing:
                 return IngestResult(str(existing["_id"]), True)
-
+        blob_ids = self._store_blobs([(part, info) for part, info, keep in zip(message.parts, decoded, inline)
+                                      if not keep])
         records: dict[str, list] = {"attachments": [], "inlines": []}
-        for part, info in zip(message.parts, decoded):
-            blob_id = self.blobs.put(info.slices(part.content), info.sha256, info.size, part.content_type)
-            records[part.kind].append(_part_record(part, info, blob_id))
+        for part, info, keep in zip(message.parts, decoded, inline):
+            records[part.kind].append(_part_record(part, info, blob_id=None if keep else blob_ids.pop(0)))
 
-        document = self._document(message, records, key, email_id)
+        document, encoded_size = self._document(message, records, key, email_id)
+        if encoded_size > DOCUMENT_LIMIT:
+            document = self._fit(document, message, decoded)
+        document[blobrefs.FIELD] = blobrefs.referenced_blobs(document)
         if self.announce_new_mail:
             mark_for_notification(document)
         try:
@@ -186,8 +208,42 @@ class Archive:
             return IngestResult(deleted_as, False, deleted=True)
         return IngestResult(str(email_id), False)
 
+    def _store_blobs(self, parts: list[tuple[Part, Decoded]]) -> list[ObjectId]:
+        """GridFS blobs for these parts, in order: identical stored ones found in one batched
+        lookup, small new ones written together, large ones streamed one at a time. The
+        number of round trips grows with the bytes, not with the number of parts."""
+        if not parts:
+            return []
+        found = self.blobs.reuse_many([(info.sha256, info.size) for _, info in parts])
+        small: dict[tuple[str, int], tuple[bytes, str, str]] = {}
+        for part, info in parts:
+            wanted = (info.sha256, info.size)
+            if wanted in found:
+                continue
+            if info.data is not None:
+                small.setdefault(wanted, (info.data, info.sha256, part.content_type))
+            else:
+                found[wanted] = self.blobs.put_new(info.slices(part.content), info.sha256, part.content_type)
+        found.update(zip(small, self.blobs.put_small_many(list(small.values()))))
+        return [found[(info.sha256, info.size)] for _, info in parts]
+
+    def _fit(self, document: dict[str, Any], message: Message, decoded: list[Decoded]) -> dict[str, Any]:
+        """Make a document over DOCUMENT_LIMIT fit: inline parts move to GridFS, then headers
+        and unknown fields to an overflow blob."""
+        inline = [(part, info) for part, info in zip(message.parts, decoded)
+                  if INLINE_DATA in document[part.kind][part.index]]
+        if inline:
+            for (part, info), blob_id in zip(inline, self._store_blobs(inline)):
+                record = document[part.kind][part.index]
+                del record[INLINE_DATA]
+                record["blob_id"] = blob_id
+            if len(bson.encode(document)) <= DOCUMENT_LIMIT:
+                return document
+        return self._overflow(document)
+
     def _document(self, message: Message, records: dict[str, list], key: str,
-                  email_id: ObjectId) -> dict[str, Any]:
+                  email_id: ObjectId) -> tuple[dict[str, Any], int]:
+        """The message document and its encoded size."""
         fields = dict(message.fields)
         bodies = {}
         for body in ("text", "html"):
@@ -224,10 +280,7 @@ class Archive:
             document = replace_lone_surrogates(document)
             document["flags"].append("lone_surrogates_replaced")
             encoded_size = len(bson.encode(document))
-        if encoded_size > DOCUMENT_LIMIT:
-            document = self._overflow(document)
-        document[blobrefs.FIELD] = blobrefs.referenced_blobs(document)
-        return document
+        return document, encoded_size
 
     def _store_text(self, value: str, content_type: str) -> dict[str, Any]:
         part = Part("body", 0, {"content": value, "type": content_type})

@@ -29,6 +29,16 @@ CHUNK_BYTES = 1024 * 1024 - 1024  # GridFS chunk size: few round trips, well und
 UPLOAD_BATCH_CHUNKS = 4  # chunks sent per insert: bounds upload memory to a few MB
 BASE64_WHITESPACE = b" \t\r\n\x0b\x0c"  # what MIME line-wrapping and mailparse leave in base64
 
+# Parts up to this many decoded bytes live in the message document (one write for a typical
+# message); larger ones go to GridFS, kept once per SHA-256. Measured in BENCHMARKS.md.
+INLINE_PART_LIMIT = 256 * 1024
+# All inline parts of one message together, well under the 16 MB document cap.
+INLINE_TOTAL_LIMIT = 6 * 1024 * 1024
+# Received (base64 or text) length up to which a part's bytes are kept while it is hashed.
+INLINE_RECEIVED_LIMIT = INLINE_PART_LIMIT * 4 // 3 + INLINE_PART_LIMIT // 16
+LOOKUP_BATCH = 2000  # digests per query when looking for stored blobs
+WRITE_BATCH_BYTES = 8 * 1024 * 1024  # chunk bytes per insert_many when writing many small blobs
+
 MODE_BASE64 = "base64"
 MODE_TEXT = "text"
 MODE_RAW = "raw"
@@ -72,14 +82,18 @@ def _source_slices(content: Any) -> Iterator[bytes]:
 
 @dataclass
 class Decoded:
-    """How a part's bytes are obtained, and their digest and size."""
+    """How a part's bytes are obtained, their digest and size, and the bytes themselves when
+    the part is small enough to be kept in the message document (decoded once, here)."""
 
     mode: str
     sha256: str
     size: int
     flags: list[str]
+    data: bytes | None = None
 
     def slices(self, content: Any) -> Iterator[bytes]:
+        if self.data is not None:
+            return iter((self.data,))
         if self.mode == MODE_BASE64:
             return _base64_slices(_source_slices(content))
         return _source_slices(content)
@@ -93,31 +107,40 @@ def _as_text(content: Any) -> str:
     return json.dumps(content, sort_keys=True, default=str)
 
 
-def _digest(slices: Iterator[bytes]) -> tuple[str, int]:
-    sha, size = hashlib.sha256(), 0
+def _digest(slices: Iterator[bytes], keep: bool) -> tuple[str, int, bytes | None]:
+    """SHA-256 and size of the bytes, and the bytes themselves when asked to keep them."""
+    sha, size, kept = hashlib.sha256(), 0, []
     for chunk in slices:
         sha.update(chunk)
         size += len(chunk)
-    return sha.hexdigest(), size
+        if keep:
+            kept.append(chunk)
+    return sha.hexdigest(), size, b"".join(kept) if keep else None
+
+
+def _received_length(content: Any) -> int:
+    return len(content) if isinstance(content, (str, SpilledString)) else 0
 
 
 def inspect_part(part: Part) -> Decoded:
-    """First pass over a part: decide base64 or text, validate, hash. Nothing is stored."""
+    """One pass over a part: decide base64 or text, validate, hash; a part small enough to be
+    kept in the message document keeps its decoded bytes. Nothing is stored."""
     content = part.content
     flags = list(part.flags)
+    keep = _received_length(content) <= INLINE_RECEIVED_LIMIT
     if content is None:
         flags.append("content_missing")
     elif not isinstance(content, (str, SpilledString)):
         flags.append("content_not_a_string")
     elif part.expects_base64:
         try:
-            sha, size = _digest(_base64_slices(_source_slices(content)))
-            return Decoded(MODE_BASE64, sha, size, flags)
+            sha, size, data = _digest(_base64_slices(_source_slices(content)), keep)
+            return Decoded(MODE_BASE64, sha, size, flags, data)
         except InvalidBase64:
             flags.append("invalid_base64")
     mode = MODE_TEXT if isinstance(content, (str, SpilledString)) and not flags else MODE_RAW
-    sha, size = _digest(_source_slices(content))
-    return Decoded(mode, sha, size, flags)
+    sha, size, data = _digest(_source_slices(content), keep)
+    return Decoded(mode, sha, size, flags, data)
 
 
 class CorruptBlob(Exception):
@@ -167,32 +190,92 @@ class BlobStore:
         )
         return found["_id"] if found else None
 
+    def reuse_many(self, wanted: list[tuple[str, int]]) -> dict[tuple[str, int], ObjectId]:
+        """Identical stored blobs for many (sha256, size) at once, a few round trips in all
+        however many parts a message has; each found one is stamped as just used, as reuse()
+        does, and one that an orphan sweep removed meanwhile is simply not returned."""
+        found: dict[tuple[str, int], ObjectId] = {}
+        distinct = list(dict.fromkeys(wanted))
+        for start in range(0, len(distinct), LOOKUP_BATCH):
+            batch = distinct[start:start + LOOKUP_BATCH]
+            sizes = dict(batch)
+            for entry in self.files.find({"metadata.sha256": {"$in": list(sizes)}},
+                                         {"_id": 1, "length": 1, "metadata.sha256": 1}):
+                key = (entry["metadata"]["sha256"], entry["length"])
+                if sizes.get(key[0]) == key[1]:
+                    found.setdefault(key, entry["_id"])
+        if found:
+            ids = list(found.values())
+            stamped = self.files.update_many({"_id": {"$in": ids}},
+                                             {"$set": {"metadata.lastUsed": datetime.now(timezone.utc)}})
+            if stamped.matched_count != len(ids):
+                still = {entry["_id"] for entry in self.files.find({"_id": {"$in": ids}}, {"_id": 1})}
+                found = {key: blob_id for key, blob_id in found.items() if blob_id in still}
+        return found
+
     def put(self, slices: Iterator[bytes], sha256: str, size: int, content_type: str) -> ObjectId:
-        """Store bytes unless an identical blob exists, in GridFS's layout.
+        """Store bytes unless an identical blob exists, in GridFS's layout."""
+        existing = self.reuse(sha256, size)
+        if existing is not None:
+            return existing
+        return self.put_new(slices, sha256, content_type)
+
+    def put_new(self, slices: Iterator[bytes], sha256: str, content_type: str) -> ObjectId:
+        """Store bytes as a new blob (the caller looked for an identical one).
 
         Chunks are written a few at a time and the file entry last, so a blob that can be
         found is always complete. (pymongo's GridIn buffers up to 48 MB of chunk documents
         and encodes them again to send: twice a large attachment's size in memory.)
         """
-        existing = self.reuse(sha256, size)
-        if existing is not None:
-            return existing
         blob_id = ObjectId()
         try:
             length = self._write_chunks(blob_id, slices)
-            self.files.insert_one({
-                "_id": blob_id, "length": length, "chunkSize": CHUNK_BYTES,
-                "uploadDate": datetime.now(timezone.utc), "filename": sha256,
-                "metadata": {"sha256": sha256, "contentType": content_type},
-            })
+            self.files.insert_one(self._file_entry(blob_id, length, sha256, content_type))
         except BaseException as error:
-            with contextlib.suppress(PyMongoError):
-                self.chunks.delete_many({"files_id": blob_id})
-            if isinstance(error, BulkWriteError) and not error.details.get("writeErrors"):
-                # Only the write concern failed, as GridIn reports it: MongoDB is unavailable.
-                raise WriteConcernError("chunk batch not acknowledged", 64, error.details) from error
-            raise
+            self._abandon([blob_id], error)
         return blob_id
+
+    def put_small_many(self, blobs: list[tuple[bytes, str, str]]) -> list[ObjectId]:
+        """Store many small in-memory blobs (data, sha256, content type) as new blobs with a
+        handful of batched inserts instead of two round trips each; chunks first, file
+        entries last, as put_new does."""
+        ids = [ObjectId() for _ in blobs]
+        if not blobs:
+            return ids
+        try:
+            batch: list[dict[str, Any]] = []
+            pending = 0
+            for blob_id, (data, _, _) in zip(ids, blobs):
+                for number, start in enumerate(range(0, len(data), CHUNK_BYTES)):
+                    piece = data[start:start + CHUNK_BYTES]
+                    batch.append({"files_id": blob_id, "n": number, "data": Binary(piece)})
+                    pending += len(piece)
+                if pending >= WRITE_BATCH_BYTES:
+                    self.chunks.insert_many(batch, ordered=False)
+                    batch, pending = [], 0
+            if batch:
+                self.chunks.insert_many(batch, ordered=False)
+            self.files.insert_many([self._file_entry(blob_id, len(data), sha256, content_type)
+                                    for blob_id, (data, sha256, content_type) in zip(ids, blobs)], ordered=False)
+        except BaseException as error:
+            self._abandon(ids, error)
+        return ids
+
+    @staticmethod
+    def _file_entry(blob_id: ObjectId, length: int, sha256: str, content_type: str) -> dict[str, Any]:
+        return {"_id": blob_id, "length": length, "chunkSize": CHUNK_BYTES,
+                "uploadDate": datetime.now(timezone.utc), "filename": sha256,
+                "metadata": {"sha256": sha256, "contentType": content_type}}
+
+    def _abandon(self, ids: list[ObjectId], error: BaseException) -> None:
+        """Remove what a failed write left (the sweep would too, later) and re-raise."""
+        with contextlib.suppress(PyMongoError):
+            self.files.delete_many({"_id": {"$in": ids}})
+            self.chunks.delete_many({"files_id": {"$in": ids}})
+        if isinstance(error, BulkWriteError) and not error.details.get("writeErrors"):
+            # Only the write concern failed, as GridIn reports it: MongoDB is unavailable.
+            raise WriteConcernError("chunk batch not acknowledged", 64, error.details) from error
+        raise error
 
     def _write_chunks(self, blob_id: ObjectId, slices: Iterator[bytes]) -> int:
         pending = bytearray()

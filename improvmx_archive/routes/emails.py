@@ -14,6 +14,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from ..deletion import MessageOnHold
 from ..errors import ApiError
 from ..listing import parse_filters, parse_page
+from ..parts import INLINE_DATA
 from ..ratelimit import configured_limit, limiter
 from ..retention import set_hold
 from ..security import require_api_key
@@ -36,7 +37,7 @@ def _iso(value: Any) -> Any:
 
 
 def _part_view(email_id: str, record: dict[str, Any], position: int) -> dict[str, Any]:
-    view = {k: v for k, v in record.items() if k not in ("blob_id", "index")}
+    view = {k: v for k, v in record.items() if k not in ("blob_id", "index", INLINE_DATA)}
     view["position"] = position
     view["url"] = url_for("emails.download_by_position", email_id=email_id, position=position)
     return view

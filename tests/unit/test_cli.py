@@ -63,7 +63,7 @@ def test_send_sample_posts_a_mailparse_payload():
 
 def test_gc_blobs_removes_only_old_unreferenced_blobs(app, client):
     archive = app.extensions["archive"]
-    client.post("/webhook", json=message_with_attachment(b"kept" * 100))
+    client.post("/webhook", json=message_with_attachment(b"kept" * 100_000))  # GridFS-sized
     orphan = archive.blobs.put(iter([b"orphan"]), "0" * 64, 6, "application/octet-stream")
     young = archive.blobs.put(iter([b"young"]), "1" * 64, 5, "application/octet-stream")
     files = app.extensions["database"]["blobs.files"]

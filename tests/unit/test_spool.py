@@ -6,6 +6,7 @@ Everything here runs on mongomock and the local disk; the same paths over real p
 
 from __future__ import annotations
 
+import base64
 import errno
 import fcntl
 import json
@@ -46,6 +47,7 @@ from improvmx_archive.maintenance import (
     collect_orphans,
     remove_partial_uploads,
 )
+from improvmx_archive.parts import INLINE_PART_LIMIT
 from improvmx_archive.spool import ABANDONED_AFTER_SECONDS, Spool, SpoolUnavailable
 from tests.conftest import make_settings
 
@@ -369,8 +371,19 @@ FAILURE_POINTS = {
     "idempotency lookup": ("find_one", "emails"),
     "GridFS chunks": ("insert_many", "blobs.chunks"),
     "GridFS file entry": ("insert_one", "blobs.files"),
+    "GridFS file entries, batched": ("insert_many", "blobs.files"),
     "message document": ("insert_one", "emails"),
 }
+
+
+@pytest.fixture
+def gridfs_payload(sample_payload):
+    """The sample with parts too large to ride in the message document, so that every write
+    of an ingest happens: idempotency lookup, GridFS chunks, the file entry of the large PDF
+    (streamed) and the batched one of the image just over the limit, then the message."""
+    sample_payload["attachments"][0]["content"] = base64.b64encode(os.urandom(2 * INLINE_PART_LIMIT)).decode()
+    sample_payload["inlines"][0]["content"] = base64.b64encode(os.urandom(INLINE_PART_LIMIT + 1)).decode()
+    return sample_payload
 
 
 def _fail_at(monkeypatch, method: str, collection: str, error: Exception) -> None:
@@ -386,10 +399,10 @@ def _fail_at(monkeypatch, method: str, collection: str, error: Exception) -> Non
 
 @pytest.mark.parametrize("point", FAILURE_POINTS)
 @pytest.mark.parametrize("error", TRANSIENT_ERRORS)
-def test_every_transient_mongodb_failure_is_spooled_and_answered_202(app, client, auth, sample_payload,
+def test_every_transient_mongodb_failure_is_spooled_and_answered_202(app, client, auth, gridfs_payload,
                                                                       monkeypatch, point, error):
     _fail_at(monkeypatch, *FAILURE_POINTS[point], TRANSIENT_ERRORS[error])
-    response = client.post("/webhook", json=sample_payload)
+    response = client.post("/webhook", json=gridfs_payload)
     assert response.status_code == 202, response.get_json()
     email_id = response.get_json()["email_id"]
     assert [p.stem for p in app.extensions["spool"].pending()] == [email_id]
@@ -402,13 +415,13 @@ def test_every_transient_mongodb_failure_is_spooled_and_answered_202(app, client
         assert client.get(part["url"], headers=auth).status_code == 200
 
 
-def test_a_gridfs_chunk_batch_failing_on_write_concern_is_spooled(app, client, sample_payload, monkeypatch):
+def test_a_gridfs_chunk_batch_failing_on_write_concern_is_spooled(app, client, gridfs_payload, monkeypatch):
     """GridFS turns a failed insert_many of chunks into a WriteConcernError of its own."""
     bulk = BulkWriteError({"writeErrors": [], "writeConcernErrors": [{"code": 64, "errmsg": "timed out"}],
                            "nInserted": 1, "nUpserted": 0, "nMatched": 0, "nModified": 0, "nRemoved": 0,
                            "upserted": []})
     _fail_at(monkeypatch, "insert_many", "blobs.chunks", bulk)
-    assert client.post("/webhook", json=sample_payload).status_code == 202
+    assert client.post("/webhook", json=gridfs_payload).status_code == 202
 
 
 # --- background task ----------------------------------------------------------------------

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from improvmx_archive.db import DatabaseUnavailable
+from improvmx_archive.parts import INLINE_PART_LIMIT
 from tests.payloads import eml_payload, message_with_attachment
 
 
@@ -136,7 +137,7 @@ def test_large_attachment_round_trips_byte_for_byte(app, client, auth):
 
 
 def test_repeated_attachment_is_stored_once(app, client):
-    data = os.urandom(50_000)
+    data = os.urandom(INLINE_PART_LIMIT + 1)  # a smaller one rides in its message document
     for subject in ("first", "second", "third"):
         assert _post(client, message_with_attachment(data, subject=subject)).status_code == 200
     database = app.extensions["database"]
