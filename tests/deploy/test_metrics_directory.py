@@ -10,7 +10,11 @@ from devtools import processes
 
 def _config(monkeypatch, **env: str) -> dict:
     for name in ("PROMETHEUS_MULTIPROC_DIR", "RUNTIME_DIRECTORY"):
-        monkeypatch.delenv(name, raising=False)
+        # setenv first so monkeypatch records the variable and also undoes what the config
+        # itself writes to os.environ; a leaked directory would switch later tests' metrics
+        # to multiprocess mode.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     namespace: dict = {}
