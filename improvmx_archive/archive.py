@@ -79,7 +79,9 @@ def index_hint(query: dict[str, Any]) -> str | None:
     planners (SecantusDB's) fall back to a collection scan. A top-level `tokens` condition
     is always the `q` driver (Archive.filter_for puts every other token condition in $and)."""
     if "tokens" in query:
-        return "by_token"
+        # A bare word needs no hint: every planner takes the token index for it, while
+        # SecantusDB reads the whole collection for any hint on a multikey index.
+        return "by_token" if len(query) > 1 else None
     if "subject_trigrams" in query:
         return "by_subject_trigram"
     if "subject_lower" in query:

@@ -211,13 +211,14 @@ class SearchIndexer:
         return sum(self._write(document, fields, reason) for document, fields, reason in prepared)
 
     def _write(self, document: dict[str, Any], fields: dict | None, reason: str) -> int:
-        """One update per message: its index entries, not the round trip, are the cost."""
+        """One update per message, by _id alone (the marker is only ever set at insert, and
+        SecantusDB looks up nothing but a bare _id without a collection scan); its index
+        entries, not the round trip, are the cost."""
         condition = {"_id": document["_id"]}
-        if PENDING in document:
-            condition[PENDING] = document[PENDING]  # not if it was marked again meanwhile
         if fields is not None:
             try:
-                return self.emails.update_one(condition, {"$set": fields, "$unset": {PENDING: "", "search_error": ""}}).matched_count
+                change = {"$set": fields, "$unset": {PENDING: "", "search_error": ""}}
+                return self.emails.update_one(condition, change).matched_count
             except WriteError as error:
                 reason = f"write error {error.code}"
         log.error("message %s cannot be indexed for search (%s); q will not find it until `flask reindex`",
