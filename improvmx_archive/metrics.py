@@ -5,9 +5,10 @@ each service start, so prometheus_client keeps every worker's values in files th
 scrape sums them (counters, histograms) or takes the newest (gauges read from MongoDB).
 Without it (flask commands, tests) the values are this process's own.
 
-Archive-wide gauges come from MongoDB metadata commands (O(1), no collection scan) at most
-every 30 s per worker; each worker publishes what it read as a 'mostrecent' gauge, so a
-scrape on any worker reports the newest value any worker read. Spool gauges are read from
+Archive-wide gauges are read from MongoDB at most every 30 s per worker (the message count,
+from metadata) and every 5 minutes (bytes by kind: one aggregation each, see usage.py); each
+worker publishes what it read as a 'mostrecent' gauge, so a scrape on any worker reports the
+newest value any worker read. Spool gauges are read from
 the host's spool directory on every scrape (a directory listing).
 """
 
@@ -24,9 +25,12 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import GaugeMetricFamily
 from pymongo.errors import PyMongoError
 
+from .usage import storage_usage
+
 log = logging.getLogger(__name__)
 
 ARCHIVE_REFRESH_SECONDS = 30.0
+USAGE_REFRESH_SECONDS = 300.0
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 WEBHOOK_ENDPOINT = "webhook.receive"
 # Seconds: a small message is stored in milliseconds, a 50 MB one in seconds.
@@ -45,8 +49,8 @@ NOTIFICATIONS = Counter("improvmx_notifications", "Notification delivery attempt
 
 ARCHIVE_MESSAGES = Gauge("improvmx_archive_messages", "Messages in the archive (MongoDB's count).",
                          multiprocess_mode="mostrecent")
-ARCHIVE_BYTES = Gauge("improvmx_archive_bytes", "Stored bytes: body = message documents, attachments = "
-                      "GridFS blobs (deduplicated parts and bodies over 1 MB).", ["kind"],
+ARCHIVE_BYTES = Gauge("improvmx_archive_bytes", "Bytes as received: body = message text, HTML and headers, "
+                      "attachments = attachments and inlines (before deduplication).", ["kind"],
                       multiprocess_mode="mostrecent")
 NOTIFICATIONS_PENDING = Gauge("improvmx_notifications_pending",
                               "Notifications not yet delivered (waiting or being retried).",
@@ -95,20 +99,16 @@ class SpoolCollector:
                                 value=status["corrupt"])
 
 
-def _data_size(database, collection: str) -> int:
-    """A collection's uncompressed data size from collStats: metadata, not a scan."""
-    return int(database.command({"collStats": collection}).get("size", 0))
-
-
 class ArchiveGauges:
     """Refresh the MongoDB-derived gauges when this worker's copy is older than 30 s."""
 
     def __init__(self, database, readers: list[Callable[[], None]] | None = None,
-                 interval: float = ARCHIVE_REFRESH_SECONDS):
+                 interval: float = ARCHIVE_REFRESH_SECONDS, usage_interval: float = USAGE_REFRESH_SECONDS):
         self.database = database
         self.readers = readers or []
         self.interval = interval
-        self._next = 0.0
+        self.usage_interval = usage_interval
+        self._next = self._next_usage = 0.0
         self._lock = threading.Lock()
 
     def refresh_if_due(self) -> None:
@@ -119,12 +119,14 @@ class ArchiveGauges:
             self._next = now + self.interval  # also after a failure: an outage must not slow every scrape
             try:
                 ARCHIVE_MESSAGES.set(self.database.emails.estimated_document_count())
-                ARCHIVE_BYTES.labels(kind="body").set(_data_size(self.database, "emails"))
-                ARCHIVE_BYTES.labels(kind="attachments").set(_data_size(self.database, "blobs.chunks"))
+                if now >= self._next_usage:
+                    self._next_usage = now + self.usage_interval
+                    usage = storage_usage(self.database)
+                    ARCHIVE_BYTES.labels(kind="body").set(usage["bodies"])
+                    ARCHIVE_BYTES.labels(kind="attachments").set(usage["attachments"])
                 for read in self.readers:
                     read()
-            except (PyMongoError, NotImplementedError) as error:
-                # NotImplementedError: a server without collStats (mongomock in unit tests).
+            except PyMongoError as error:
                 log.warning("archive metrics not refreshed (%s); serving the last values", type(error).__name__)
 
 

@@ -6,8 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 from flask import current_app, render_template
 
+from ..usage import storage_usage
 from .blueprint import bp, signed_in
-from .stats import DAYS_CHARTED, biggest_senders, messages_per_day, processed_counts, storage
+from .stats import DAYS_CHARTED, biggest_senders, messages_per_day, processed_counts
 
 CHART_WIDTH, CHART_HEIGHT = 1000, 180
 CHART_TOP = 26  # room above the tallest bar for the scale label
@@ -38,7 +39,7 @@ def overview():
         "ui/overview.html",
         chart=_chart(days),
         total_month=sum(count for _, count in days),
-        storage=cache.get("storage", lambda: storage(database)),
+        storage=cache.get("storage", lambda: storage_usage(database)),
         senders=cache.get("senders", lambda: biggest_senders(emails, since)),
         counts=processed_counts(emails),
         spool=current_app.extensions["spool"].status(),

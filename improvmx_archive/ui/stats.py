@@ -72,24 +72,6 @@ def messages_per_day(emails, today: datetime | None = None) -> list[tuple[dateti
             for day in days]
 
 
-def _total(collection, pipeline: list[dict], field: str) -> int:
-    rows = list(collection.aggregate([*pipeline, {"$group": {"_id": None, "total": {"$sum": field}}}]))
-    return rows[0]["total"] if rows else 0
-
-
-def storage(database) -> dict[str, int]:
-    """Bytes held for bodies and for parts as received, and what GridFS really keeps (each
-    distinct part once): the difference is what deduplication saved. (Plain $unwind and
-    $group: SecantusDB, unlike MongoDB, does not sum an array inside $project.)"""
-    emails = database.emails
-    total = _total(emails, [], "$size")
-    parts = sum(_total(emails, [{"$project": {kind: 1}}, {"$unwind": f"${kind}"}], f"${kind}.size")
-                for kind in ("attachments", "inlines"))
-    blob_bytes = _total(database["blobs.files"], [], "$length")
-    return {"bodies": max(0, total - parts), "attachments": parts, "blob_bytes": blob_bytes,
-            "dedup_saved": max(0, parts - blob_bytes)}
-
-
 def biggest_senders(emails, since: datetime) -> list[dict[str, Any]]:
     """Senders with the most messages since `since` (a window, so the cost stays bounded)."""
     return list(emails.aggregate([
