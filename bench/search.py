@@ -1,14 +1,14 @@
 """`python -m bench.search`: the search figure (issue 12), on a fresh SecantusDB.
 
     .venv/bin/python -m bench.search --sizes 1000,10000,50000      # query latency and plans
-    .venv/bin/python -m bench.search --ingest-base ba61774         # ingest cost against that commit
+    .venv/bin/python -m bench.search --sizes "" --ingest ba61774 2f0bed5   # ingest cost, before/after
 
 Queries: the archive is seeded through the app's own ingest (bench/seed.py), the background
 indexer's work is timed on what the seeding left pending, then each query of QUERIES is sent
 over HTTP to gunicorn (no background thread) `--reps` times; p50/p95 per size, and explain()
 of the exact filter and hint Archive.list_page uses. Ingest: the same messages stored by
-Archive.ingest in-process, on a fresh server per round, by the code at `--ingest-base`
-(checked out in a temporary git worktree) and by this tree, rounds alternating.
+Archive.ingest in-process, on a fresh server per round, by the code at two commits (each
+checked out in a temporary git worktree), rounds alternating.
 Writes bench/results/search.json.
 """
 
@@ -191,33 +191,36 @@ print(json.dumps({"per_s": (len(payloads) - 1) / (time.perf_counter() - started)
 """
 
 
-def ingest_figure(bench: Bench, base: str, count: int, rounds: int, seed_value: int, log) -> dict:
-    """Messages/s of Archive.ingest (sequential, in-process) at `base` and in this tree."""
+def ingest_figure(bench: Bench, commits: list[str], count: int, rounds: int, seed_value: int, log) -> dict:
+    """Messages/s of Archive.ingest (sequential, in-process) by the code at each of two commits."""
     pool = seeding.templates(seed_value)
     payloads = [seeding.seeded_payload(seed_value, i, pool)[0] for i in range(count + 1)]
     payload_file = bench.workdir / "ingest-payloads.json"
     payload_file.write_text(json.dumps(payloads))
-    checkout = Path(tempfile.mkdtemp(prefix="search-bench-base-"))
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(checkout), base],
-                   check=True, capture_output=True)
-    rates: dict[str, list[float]] = {"before": [], "after": []}
+    checkouts = {}
+    for commit in commits:
+        checkouts[commit] = Path(tempfile.mkdtemp(prefix=f"search-bench-{commit}-"))
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(checkouts[commit]), commit],
+                       check=True, capture_output=True)
+    rates: dict[str, list[float]] = {commit: [] for commit in commits}
     try:
         for rnd in range(rounds):
-            order = ("before", "after") if rnd % 2 == 0 else ("after", "before")
-            for label in order:
+            for commit in commits if rnd % 2 == 0 else list(reversed(commits)):
                 bench.reset()  # a fresh server: SecantusDB's costs grow with what it holds
-                env = {**os.environ, "CODE_ROOT": str(checkout if label == "before" else ROOT),
-                       "PAYLOADS": str(payload_file), "MONGO_URI": bench.mongo_uri,
-                       "MONGO_DB": f"{bench.db_prefix}_ingest_{label}", "API_KEY": API_KEY}
+                env = {**os.environ, "CODE_ROOT": str(checkouts[commit]), "PAYLOADS": str(payload_file),
+                       "MONGO_URI": bench.mongo_uri, "MONGO_DB": f"{bench.db_prefix}_ingest", "API_KEY": API_KEY}
                 done = subprocess.run([sys.executable, "-c", _INGEST_CHILD], env=env, check=True,
-                                      capture_output=True, text=True, cwd=str(checkout if label == "before" else ROOT))
-                rates[label].append(json.loads(done.stdout.strip().splitlines()[-1])["per_s"])
-                log(f"ingest round {rnd} {label}: {rates[label][-1]:.0f} msg/s")
+                                      capture_output=True, text=True, cwd=str(checkouts[commit]))
+                rates[commit].append(json.loads(done.stdout.strip().splitlines()[-1])["per_s"])
+                log(f"ingest round {rnd} {commit}: {rates[commit][-1]:.0f} msg/s")
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(checkout)], capture_output=True)
-    before, after = median(rates["before"]), median(rates["after"])
-    return {"base": base, "messages": count, "rounds": rounds, "before_per_s": spread(rates["before"]),
-            "after_per_s": spread(rates["after"]), "after_over_before": round(after / before, 3)}
+        for checkout in checkouts.values():
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(checkout)],
+                           capture_output=True)
+    before, after = (median(rates[commit]) for commit in commits)
+    return {"commits": commits, "messages": count, "rounds": rounds,
+            "per_s": {commit: spread(values) for commit, values in rates.items()},
+            "second_over_first": round(after / before, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,50000", help="archive sizes, comma-separated")
     parser.add_argument("--reps", type=int, default=20, help="measured repetitions per query")
-    parser.add_argument("--ingest-base", help="also compare Archive.ingest against this commit")
+    parser.add_argument("--ingest", nargs=2, metavar=("BEFORE", "AFTER"),
+                        help="also compare Archive.ingest at two commits")
     parser.add_argument("--ingest-count", type=int, default=1500)
     parser.add_argument("--ingest-rounds", type=int, default=4)
     parser.add_argument("--seed", type=int, default=6)
@@ -243,9 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.start_database()
         if args.sizes:
             results["queries"] = query_figure(bench, [int(s) for s in args.sizes.split(",")], args.reps, args.seed, log)
-        if args.ingest_base:
-            bench.reset()
-            results["ingest"] = ingest_figure(bench, args.ingest_base, args.ingest_count, args.ingest_rounds,
+        if args.ingest:
+            results["ingest"] = ingest_figure(bench, args.ingest, args.ingest_count, args.ingest_rounds,
                                               args.seed, log)
         results["seconds"] = round(time.time() - started)
         args.out.parent.mkdir(parents=True, exist_ok=True)

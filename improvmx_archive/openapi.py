@@ -192,7 +192,9 @@ def build_spec() -> dict[str, Any]:
         },
         "paths": {
             "/": {"get": {
-                "summary": "Health, with database and spool details", "security": BEARER,
+                "summary": "Health, with database, spool and search index details", "security": BEARER,
+                "description": "search_index: {pending, oldest_pending_seconds}: messages not yet findable by q "
+                               "and how long the oldest has waited (normally a few seconds at most).",
                 "responses": {"200": {"description": "Healthy"}, **_error_responses(*AUTH_ERRORS, 503)}}},
             "/healthz": {"get": {"summary": "Liveness for systemd and load balancers (no bearer)", "security": [],
                                  "responses": {"200": {"description": "The process answers"}}}},
