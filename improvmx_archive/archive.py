@@ -31,7 +31,7 @@ from . import blobrefs
 from .db import ACKNOWLEDGED, DURABLE, DatabaseUnavailable, create_indexes
 from .deletion import Deleter
 from .indexer import Vocabulary, pending_marker
-from .listing import CursorCodec, Filters, Page, after_position
+from .listing import CursorCodec, Filters, Page, up_to
 from .notify import mark_for_notification
 from .parts import (
     INLINE_DATA, INLINE_PART_LIMIT, INLINE_TOTAL_LIMIT, BlobStore, BlobStream, Decoded, inline_stream, inspect_part,
@@ -79,9 +79,10 @@ def index_hint(query: dict[str, Any]) -> str | None:
     planners (SecantusDB's) fall back to a collection scan. A top-level `tokens` condition
     is always the `q` driver (Archive.filter_for puts every other token condition in $and)."""
     if "tokens" in query:
-        # A bare word needs no hint: every planner takes the token index for it, while
-        # SecantusDB reads the whole collection for any hint on a multikey index.
-        return "by_token" if len(query) > 1 else None
+        # A bare word (on a cursor page: plus a received_at bound) needs no hint: every
+        # planner takes the token index for it, while SecantusDB reads the whole collection
+        # for any hint on a multikey index.
+        return "by_token" if set(query) - {"tokens", "received_at"} else None
     if "subject_trigrams" in query:
         return "by_subject_trigram"
     if "subject_lower" in query:
@@ -362,11 +363,16 @@ class Archive:
         if self._cursors is None:
             self._cursors = CursorCodec.from_database(self.database)
         query = self.filter_for(filters)
-        paged = query
         if cursor:
             received_at, email_id = self._cursors.decode(filters.fingerprint, cursor)
-            paged = {**query, "$and": [*query.get("$and", []), *after_position(received_at, email_id)]}
-        documents = list(self.page_cursor(paged, skip, limit + 1))
+            # Messages received in the cursor's millisecond and already shown are fetched
+            # too and dropped here; there are rarely any, and counting them is one index probe.
+            shown = self.emails.count_documents({"received_at": received_at, "_id": {"$gte": email_id}})
+            fetched = self.page_cursor(up_to(query, received_at), 0, skip + limit + 1 + shown)
+            after = [doc for doc in fetched if doc["received_at"] != received_at or doc["_id"] < email_id]
+            documents = after[skip:skip + limit + 1]
+        else:
+            documents = list(self.page_cursor(query, skip, limit + 1))
         following = None
         if len(documents) > limit:
             documents = documents[:limit]

@@ -224,8 +224,13 @@ class CursorCodec:
         return _EPOCH + millis * _MILLISECOND, ObjectId(binary)
 
 
-def after_position(received_at: datetime, email_id: ObjectId) -> list[dict[str, Any]]:
-    """Conditions for 'after this message' in newest-first order: a range on received_at the
-    index bounds, and the few ties on it with a larger-or-equal _id left out."""
-    return [{"received_at": {"$lte": received_at}},
-            {"$nor": [{"received_at": received_at, "_id": {"$gte": email_id}}]}]
+def up_to(query: dict[str, Any], received_at: datetime) -> dict[str, Any]:
+    """query narrowed to messages received at or before received_at: one more bound on the
+    field every index ends with, so each server walks an index range (a top-level $or or
+    $nor would make SecantusDB scan the collection). Ties on received_at with an _id not
+    below the cursor's are left for the caller to drop (Archive.list_page)."""
+    bounded = dict(query)
+    existing = dict(bounded.get("received_at") or {})
+    existing["$lte"] = min(existing.get("$lte", received_at), received_at)
+    bounded["received_at"] = existing
+    return bounded

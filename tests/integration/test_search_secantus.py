@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from bson import ObjectId
 
 from improvmx_archive.indexer import SearchIndexer, backlog
 from improvmx_archive.listing import parse_filters
@@ -59,6 +60,24 @@ def test_searches_walk_the_token_index(secantus_app, q):
     query = archive.filter_for(parse_filters({"q": q}))
     plan = archive.page_cursor(query, 0, 10).explain()["queryPlanner"]["winningPlan"]
     assert ("IXSCAN", "by_token") in _stages(plan), plan
+
+
+def test_cursor_pages_of_a_word_and_of_the_plain_list_are_index_ranges(secantus_app, client, auth):
+    """Page 2 costs what page 1 costs: a bound on received_at, never a collection scan."""
+    from improvmx_archive.listing import up_to
+
+    ids = store_corpus(secantus_app)
+    archive = secantus_app.extensions["archive"]
+    database = secantus_app.extensions["database"]
+    moment = database.emails.find_one({"_id": ObjectId(ids["resume"])})["received_at"]
+    for params, index in (({"q": "me"}, "by_token"), ({}, "newest_first")):
+        query = up_to(archive.filter_for(parse_filters(params)), moment)
+        plan = archive.page_cursor(query, 0, 3).explain()["queryPlanner"]["winningPlan"]
+        assert ("IXSCAN", index) in _stages(plan), (params, plan)
+    database.emails.update_many({}, {"$set": {"received_at": moment}})  # every message ties
+    assert _walk(client, auth, limit=2) == sorted(ids.values(), reverse=True)
+    assert _walk(client, auth, limit=1, q="me") == sorted(
+        (ids[n] for n in ("invoice", "resume", "cyrillic", "cjk")), reverse=True)
 
 
 def test_the_background_pass_indexes_new_mail_within_seconds(secantus_app, client, auth, tmp_path):
