@@ -67,3 +67,9 @@ def test_quick_start_reads_the_key_where_dev_sh_keeps_it():
     from devtools import devserver
 
     assert devserver.API_KEY_FILE.relative_to(REPO).as_posix() in (REPO / "README.md").read_text()
+
+
+def test_docs_page_points_people_at_the_web_ui_only_when_it_is_on(client, make_app):
+    assert 'href="http://localhost/ui/"' in client.get("/docs").get_data(as_text=True)
+    off = make_app(RATELIMIT_ENABLED="false", UI_ENABLED="false").test_client()
+    assert "/ui/" not in off.get("/docs").get_data(as_text=True)
