@@ -34,8 +34,12 @@ def eml_response(email_id: str) -> Response:
     chunks = rebuild_message(current_app.extensions["archive"], email_id)
     if chunks is None:
         raise ApiError(404, "Email not found")
-    response = Response(chunks, content_type="message/rfc822", direct_passthrough=True)
-    response.headers["Content-Disposition"] = content_disposition("attachment", f"{email_id}.eml")
+    return _streamed_download(chunks, "message/rfc822", f"{email_id}.eml")
+
+
+def _streamed_download(chunks, content_type: str, filename: str) -> Response:
+    response = Response(chunks, content_type=content_type, direct_passthrough=True)
+    response.headers["Content-Disposition"] = content_disposition("attachment", filename)
     return response
 
 
@@ -46,10 +50,7 @@ def export_mbox():
     archive = current_app.extensions["archive"]
     query = archive.filter_for(parse_filters(request.args))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    response = Response(mbox_export(archive, query), content_type="application/mbox",
-                        direct_passthrough=True)
-    response.headers["Content-Disposition"] = content_disposition("attachment", f"archive-{stamp}.mbox")
-    return response
+    return _streamed_download(mbox_export(archive, query), "application/mbox", f"archive-{stamp}.mbox")
 
 
 @bp.post("/import")

@@ -47,6 +47,13 @@ def _found(document):
     return document
 
 
+def _stored(email_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The whole stored message (404 page if there is none) and its API presentation."""
+    archive: Archive = current_app.extensions["archive"]
+    document = _found(archive.find(email_id))
+    return document, present(document)
+
+
 def inline_grant(session_id: str, email_id: str) -> str:
     signature = hmac.new(current_app.secret_key, f"inline:{session_id}:{email_id}".encode(),
                          hashlib.sha256).hexdigest()[:32]
@@ -155,9 +162,7 @@ def _neighbours(email_id: str) -> tuple[dict | None, dict | None]:
 @bp.get("/emails/<email_id>")
 @signed_in
 def message(email_id: str):
-    archive: Archive = current_app.extensions["archive"]
-    document = _found(archive.find(email_id))
-    shown = present(document)
+    document, shown = _stored(email_id)
     tab = request.args.get("tab") or ("html" if document.get("html") else "text")
     if tab not in TABS:
         tab = "html"
@@ -184,9 +189,7 @@ def message(email_id: str):
 @bp.get("/emails/<email_id>/frame")
 @signed_in
 def frame(email_id: str):
-    archive: Archive = current_app.extensions["archive"]
-    document = _found(archive.find(email_id))
-    shown = present(document)
+    document, shown = _stored(email_id)
     grant = inline_grant(g.ui_session.id, email_id)
     first_part = url_for("ui.inline_part", email_id=email_id, grant=grant, position=0)
     prefix = _origin() + first_part.rsplit("/", 1)[0] + "/"
