@@ -162,8 +162,9 @@ errorlog = "-"
 # as Caddy sent it and rid= ties the line to the app's own request log.
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms xff="%({x-forwarded-for}i)s" rid=%({x-request-id}o)s "%(a)s"'
 
-# The segment after /webhook/: the characters RFC 3986 allows in a path segment.
-_SECRET_IN_PATH = re.compile(r"(/webhook/)[A-Za-z0-9._~%!$&'()*+,;=:@-]+")
+# The segment after /webhook/ (WEBHOOK_SECRET) or after a web UI message's /inline/ (an
+# image grant): the characters RFC 3986 allows in a path segment.
+_SECRET_IN_PATH = re.compile(r"(/webhook/|/ui/emails/[0-9a-fA-F]{24}/inline/)[A-Za-z0-9._~%!$&'()*+,;=:@-]+")
 # Request headers and environ keys whose values are credentials; dropped from the log atoms
 # so not even a custom access_log_format can print them.
 _CREDENTIAL_ATOMS = ("{authorization}i", "{http_authorization}e", "{proxy-authorization}i",
@@ -171,7 +172,7 @@ _CREDENTIAL_ATOMS = ("{authorization}i", "{http_authorization}e", "{proxy-author
 
 
 def mask_secrets(text: str) -> str:
-    """Replace the secret in /webhook/<secret> (WEBHOOK_SECRET) with ***."""
+    """Replace the secret in /webhook/<secret> (WEBHOOK_SECRET) and UI image grants with ***."""
     return _SECRET_IN_PATH.sub(r"\1***", text)
 
 

@@ -27,7 +27,8 @@ def chromium_binary() -> str:
     return found
 
 
-def chromium(user_data_dir: Path, width: int = 1280, height: int = 900, mobile: bool = False):
+def chromium(user_data_dir: Path, width: int = 1280, height: int = 900, mobile: bool = False,
+             javascript: bool = True):
     """A fresh headless Chromium session with its own profile directory."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -39,6 +40,8 @@ def chromium(user_data_dir: Path, width: int = 1280, height: int = 900, mobile: 
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={user_data_dir}")
     options.add_argument(f"--window-size={width},{height}")
+    if not javascript:
+        options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
     if mobile:
         options.add_experimental_option("mobileEmulation", {
             "deviceMetrics": {"width": width, "height": height, "pixelRatio": 2.0}})

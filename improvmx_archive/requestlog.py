@@ -1,7 +1,8 @@
 """One log line per request, tied to a request id the client also sees (X-Request-ID).
 
 The line carries method, path, status, duration and client IP; never headers or bodies, so
-neither API keys nor mail end up in logs. The webhook secret in a path is masked.
+neither API keys nor mail end up in logs. The webhook secret and the UI's inline-image
+grants in a path are masked.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ log = logging.getLogger("improvmx_archive.request")
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 _WEBHOOK_SECRET_PATH = re.compile(r"^(/webhook/)[^/]+")
+# The web UI's inline-image grant: it authorises fetching a message's images while its session lives.
+_INLINE_GRANT_PATH = re.compile(r"^(/ui/emails/[^/]+/inline/)[^/]+")
 
 
 def mask_path(path: str) -> str:
-    """Hide whatever follows /webhook/ (the secret segment) in anything logged."""
-    return _WEBHOOK_SECRET_PATH.sub(r"\1***", path)
+    """Hide the webhook secret segment and UI image grants in anything logged."""
+    return _INLINE_GRANT_PATH.sub(r"\1***", _WEBHOOK_SECRET_PATH.sub(r"\1***", path))
 
 
 def _start() -> None:

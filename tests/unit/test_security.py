@@ -346,6 +346,7 @@ def test_body_of_exactly_max_body_mb_is_accepted(make_app, sample_payload):
     (f"/webhook/{SECRET}/more", "/webhook/***/more"),
     ("/webhook", "/webhook"),
     ("/emails/abc", "/emails/abc"),
+    (f"/ui/emails/{'a' * 24}/inline/{'b' * 64}.{'c' * 32}/1", f"/ui/emails/{'a' * 24}/inline/***/1"),
 ])
 def test_mask_path(path, masked):
     assert mask_path(path) == masked
