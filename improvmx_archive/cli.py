@@ -312,7 +312,7 @@ def import_command(paths: tuple[Path, ...]):
     """
     archive = current_app.extensions["archive"]
     files, failed = find_import_files(paths)
-    stored = duplicates = 0
+    stored = duplicates = deleted = 0
     with click.progressbar(length=sum(file.count for file in files), label="importing") as bar:
         for file in files:
             try:
@@ -331,10 +331,12 @@ def import_command(paths: tuple[Path, ...]):
                         failed.append((label, f"cannot be stored ({type(error).__name__})"))
                         continue
                     duplicates += result.duplicate
-                    stored += not result.duplicate
+                    deleted += result.deleted  # deleted within DELETE_TOMBSTONE_DAYS: not stored again
+                    stored += not (result.duplicate or result.deleted)
             except OSError as error:
                 failed.append((str(file.path), f"cannot read ({error.strerror or type(error).__name__})"))
-    click.echo(f"stored {stored}, duplicate {duplicates}, failed {len(failed)}")
+    tombstoned = f", deleted earlier so not stored {deleted}" if deleted else ""
+    click.echo(f"stored {stored}, duplicate {duplicates}, failed {len(failed)}{tombstoned}")
     for label, reason in failed:
         click.echo(f"  failed {label}: {reason}", err=True)
     if failed:

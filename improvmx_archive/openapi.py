@@ -140,7 +140,8 @@ TRANSFER_PATHS = {
         "responses": {
             "201": {"description": "Imported", "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/ImportResult"}}}},
-            "200": {"description": "Already stored (duplicate=true)", "content": {"application/json": {
+            "200": {"description": "Already stored (duplicate=true), or deleted within DELETE_TOMBSTONE_DAYS "
+                                   "and not stored again (deleted=true)", "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/ImportResult"}}}},
             **_error_responses(400, *AUTH_ERRORS, 413, 415, 503)}}},
 }
@@ -177,7 +178,8 @@ def build_spec() -> dict[str, Any]:
                                                                  "acknowledged, not stored again"}}},
                 "ImportResult": {"type": "object", "required": ["success", "email_id", "duplicate"], "properties": {
                     "success": {"const": True}, "email_id": {"type": "string"}, "duplicate": {"type": "boolean"},
-                    "received_at": {"type": "string", "format": "date-time"}, "message": {"type": "string"}}},
+                    "received_at": {"type": "string", "format": "date-time"}, "message": {"type": "string"},
+                    "deleted": {"type": "boolean"}}},
                 "EmailSummary": {"type": "object", "required": ["id", "_id"], "additionalProperties": True,
                                  "properties": {"id": {"type": "string", "description": "The message id: "
                                                        "the preferred name"},

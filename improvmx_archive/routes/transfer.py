@@ -68,6 +68,9 @@ def import_message():
         log.warning("import refused: database unavailable")
         raise ApiError(503, "Storage temporarily unavailable; retry later", {"Retry-After": "30"}) from None
     log.info("imported email_id=%s duplicate=%s", result.email_id, result.duplicate)
+    if result.deleted:
+        return jsonify(success=True, email_id=result.email_id, duplicate=False, deleted=True,
+                       message="Email was deleted; not imported again")
     response = jsonify(success=True, email_id=result.email_id, duplicate=result.duplicate,
                        received_at=parsed.received_at.isoformat().replace("+00:00", "Z"),
                        message="Email already stored" if result.duplicate else "Email imported")
