@@ -23,7 +23,6 @@ from typing import Callable
 from flask import Flask, g, request
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
-from pymongo.errors import PyMongoError
 
 from .usage import storage_usage
 
@@ -126,7 +125,8 @@ class ArchiveGauges:
                     ARCHIVE_BYTES.labels(kind="attachments").set(usage["attachments"])
                 for read in self.readers:
                     read()
-            except PyMongoError as error:
+            except Exception as error:  # noqa: BLE001 - a failed read (outage, a role without collStats,
+                # a server lacking the command) must not fail the scrape: the last values stay
                 log.warning("archive metrics not refreshed (%s); serving the last values", type(error).__name__)
 
 

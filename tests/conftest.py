@@ -86,11 +86,21 @@ def secantus_db_name():
 
 
 @pytest.fixture
-def secantus_app(tmp_path, secantus_uri, secantus_db_name):
-    """The app on a real SecantusDB connection (MongoClient over TCP)."""
+def make_secantus_app(tmp_path, secantus_uri, secantus_db_name):
+    """Build apps on one fresh SecantusDB database (MongoClient over TCP), with settings
+    overridden per app; the database is dropped afterwards."""
     mongo = MongoClient(secantus_uri, serverSelectionTimeoutMS=5000, tz_aware=True)
-    app = create_app(make_settings(tmp_path, MONGO_URI=secantus_uri, MONGO_DB=secantus_db_name,
-                                   RATELIMIT_ENABLED="false"), mongo_client=mongo)
-    yield app
+
+    def build(**overrides: str):
+        settings = make_settings(tmp_path, MONGO_URI=secantus_uri, MONGO_DB=secantus_db_name, **overrides)
+        return create_app(settings, mongo_client=mongo)
+
+    yield build
     mongo.drop_database(secantus_db_name)
     mongo.close()
+
+
+@pytest.fixture
+def secantus_app(make_secantus_app):
+    """The app on a real SecantusDB connection, limiter off."""
+    return make_secantus_app(RATELIMIT_ENABLED="false")

@@ -79,18 +79,14 @@ def start(unit: str) -> None:
         env[key] = value
     if "EnvironmentFile" in service:
         env.update(read_env_file(service["EnvironmentFile"]))
-    if "StateDirectory" in service:
-        state = ROOT / "var/lib" / service["StateDirectory"]
-        state.mkdir(parents=True, exist_ok=True)
-        os.chown(state, user.pw_uid, user.pw_gid)
-        state.chmod(int(service.get("StateDirectoryMode", "0755"), 8))
-        env["STATE_DIRECTORY"] = str(state)
-    if "RuntimeDirectory" in service:
-        runtime = ROOT / "run" / service["RuntimeDirectory"]
-        runtime.mkdir(parents=True, exist_ok=True)
-        os.chown(runtime, user.pw_uid, user.pw_gid)
-        runtime.chmod(int(service.get("RuntimeDirectoryMode", "0755"), 8))
-        env["RUNTIME_DIRECTORY"] = str(runtime)
+    for setting, parent, variable in (("StateDirectory", "var/lib", "STATE_DIRECTORY"),
+                                      ("RuntimeDirectory", "run", "RUNTIME_DIRECTORY")):
+        if setting in service:
+            directory = ROOT / parent / service[setting]
+            directory.mkdir(parents=True, exist_ok=True)
+            os.chown(directory, user.pw_uid, user.pw_gid)
+            directory.chmod(int(service.get(f"{setting}Mode", "0755"), 8))
+            env[variable] = str(directory)
 
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     address = f"fake-systemd-{uuid.uuid4().hex}"

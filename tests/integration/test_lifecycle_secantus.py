@@ -14,12 +14,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from bson import ObjectId
 
-from improvmx_archive import create_app, metrics
+from improvmx_archive import metrics
 from improvmx_archive.archive import Archive
 from improvmx_archive.indexer import SearchIndexer
 from improvmx_archive.maintenance import Lease, collect_orphans
 from improvmx_archive.retention import Retention
-from tests.conftest import make_settings
 from tests.payloads import message_with_attachment
 
 pytestmark = pytest.mark.slow
@@ -235,8 +234,8 @@ def test_purge_by_search_deletes_only_what_the_search_finds(secantus_app, archiv
     assert bad.exit_code == 2 and "--q:" in bad.output
 
 
-def test_retention_deletes_old_mail_but_not_held_or_unprocessed_when_asked(secantus_app, archive, auth, tmp_path,
-                                                                           secantus_uri, secantus_db_name):
+def test_retention_deletes_old_mail_but_not_held_or_unprocessed_when_asked(secantus_app, archive, auth,
+                                                                           make_secantus_app):
     old_done = _aged(archive, "old processed", 40, processed=True)
     old_open = _aged(archive, "old unprocessed", 40)
     old_held = _aged(archive, "old held", 40, processed=True, hold=True)
@@ -258,9 +257,7 @@ def test_retention_deletes_old_mail_but_not_held_or_unprocessed_when_asked(secan
     assert archive.database["blobs.files"].count_documents({}) == 2
 
     assert secantus_app.test_client().get("/", headers=auth).get_json()["retention"]["days"] is None
-    with_retention = create_app(make_settings(tmp_path, MONGO_URI=secantus_uri, MONGO_DB=secantus_db_name,
-                                              RATELIMIT_ENABLED="false", RETENTION_DAYS="30"),
-                                mongo_client=archive.database.client)
+    with_retention = make_secantus_app(RATELIMIT_ENABLED="false", RETENTION_DAYS="30")
     health = with_retention.test_client().get("/", headers=auth).get_json()["retention"]
     assert health["days"] == 30 and health["last_deleted"] == 1  # the second pass: old_open
     assert datetime.fromisoformat(health["last_run_at"]) > datetime.now(timezone.utc) - timedelta(minutes=1)

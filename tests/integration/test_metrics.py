@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from pymongo import MongoClient
 
-from improvmx_archive import create_app
 from improvmx_archive.config import ConfigError
 from tests.conftest import API_KEY, make_settings
 
@@ -19,22 +17,8 @@ WEBHOOK_SECRET = "metrics-secret-0123456789"
 
 
 @pytest.fixture
-def make_app(tmp_path, secantus_uri, secantus_db_name):
-    """Apps on one fresh SecantusDB database, with settings overridden per test."""
-    mongo = MongoClient(secantus_uri, serverSelectionTimeoutMS=5000, tz_aware=True)
-
-    def build(**overrides: str):
-        settings = make_settings(tmp_path, MONGO_URI=secantus_uri, MONGO_DB=secantus_db_name, **overrides)
-        return create_app(settings, mongo_client=mongo)
-
-    yield build
-    mongo.drop_database(secantus_db_name)
-    mongo.close()
-
-
-@pytest.fixture
-def app(make_app):
-    return make_app(RATELIMIT_ENABLED="false")
+def app(make_secantus_app):
+    return make_secantus_app(RATELIMIT_ENABLED="false")
 
 
 @pytest.fixture
@@ -79,8 +63,8 @@ def test_deliveries_count_by_result_and_refusals_come_from_the_hook(client, samp
         assert value(after, name, result=result) - value(before, name, result=result) == delta, result
 
 
-def test_http_metrics_use_the_route_template_never_the_secret(make_app, sample_payload):
-    client = make_app(RATELIMIT_ENABLED="false", WEBHOOK_SECRET=WEBHOOK_SECRET).test_client()
+def test_http_metrics_use_the_route_template_never_the_secret(make_secantus_app, sample_payload):
+    client = make_secantus_app(RATELIMIT_ENABLED="false", WEBHOOK_SECRET=WEBHOOK_SECRET).test_client()
     client.post(f"/webhook/{WEBHOOK_SECRET}", json=sample_payload)
     client.get("/emails/0123456789abcdef01234567", headers={"Authorization": f"Bearer {API_KEY}"})
     response = client.get("/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
@@ -104,15 +88,15 @@ def test_spool_gauges_read_the_spool_directory(app, client, sample_payload):
     assert value(samples, "improvmx_spool_oldest_age_seconds") >= 0
 
 
-def test_metrics_token_replaces_the_api_keys_when_set(make_app):
-    client = make_app(RATELIMIT_ENABLED="false", METRICS_TOKEN=METRICS_TOKEN).test_client()
+def test_metrics_token_replaces_the_api_keys_when_set(make_secantus_app):
+    client = make_secantus_app(RATELIMIT_ENABLED="false", METRICS_TOKEN=METRICS_TOKEN).test_client()
     scrape(client, METRICS_TOKEN)
     assert client.get("/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 403
     assert client.get("/metrics").status_code == 401
 
 
-def test_wrong_metrics_tokens_count_toward_the_lockout(make_app):
-    client = make_app(RATELIMIT_ENABLED="false", METRICS_TOKEN=METRICS_TOKEN).test_client()
+def test_wrong_metrics_tokens_count_toward_the_lockout(make_secantus_app):
+    client = make_secantus_app(RATELIMIT_ENABLED="false", METRICS_TOKEN=METRICS_TOKEN).test_client()
     statuses = [client.get("/metrics", headers={"Authorization": "Bearer guessed-0123456789abcdef"}).status_code
                 for _ in range(6)]
     assert statuses == [403] * 5 + [429]

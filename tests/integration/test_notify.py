@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import threading
@@ -17,19 +18,18 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from pymongo import MongoClient
 
+from devtools import processes
 from devtools.processes import free_port
-from improvmx_archive import create_app, notify
+from improvmx_archive import notify
 from improvmx_archive.sample import payload_from_mime, sample_mime
-from tests.conftest import make_settings
 
 pytestmark = pytest.mark.slow
 
 SECRET = "notify-secret-0123456789abcdef"
 CREDENTIAL = "pa55-in-url-userinfo"
 TOKEN = "token-in-url-query"
-PATIENCE_SECONDS = 60
+PATIENCE_SECONDS = 120  # the crash test waits out real backoff (10 s, then 20 s)
 
 
 @dataclass
@@ -109,25 +109,20 @@ def receiver():
 
 
 @pytest.fixture
-def start_app(tmp_path, secantus_uri, secantus_db_name, receiver):
+def start_app(make_secantus_app, receiver):
     """Build (and later stop) apps that notify the receiver, with background tasks on."""
-    mongo = MongoClient(secantus_uri, serverSelectionTimeoutMS=5000, tz_aware=True)
     started = []
     url = f"http://user:{CREDENTIAL}@127.0.0.1:{receiver.port}/hook?key={TOKEN}"
 
     def start():
-        settings = make_settings(tmp_path, MONGO_URI=secantus_uri, MONGO_DB=secantus_db_name,
-                                 RATELIMIT_ENABLED="false", BACKGROUND_TASKS="on", SPOOL_REPLAY_INTERVAL="1",
-                                 NOTIFY_URL=url, NOTIFY_SECRET=SECRET, PUBLIC_URL="https://archive.example")
-        app = create_app(settings, mongo_client=mongo)
+        app = make_secantus_app(RATELIMIT_ENABLED="false", BACKGROUND_TASKS="on", SPOOL_REPLAY_INTERVAL="1",
+                                NOTIFY_URL=url, NOTIFY_SECRET=SECRET, PUBLIC_URL="https://archive.example")
         started.append(app)
         return app
 
     yield start
     for app in started:
         stop(app)
-    mongo.drop_database(secantus_db_name)
-    mongo.close()
 
 
 def stop(app) -> None:
@@ -206,3 +201,45 @@ def test_a_redirect_is_not_followed_and_counts_as_a_failed_attempt(start_app, re
         assert elsewhere.received == [] and len(receiver.received) == 1
     finally:
         elsewhere.down()
+
+
+def test_notifications_survive_killing_gunicorn_while_the_receiver_is_down(
+        secantus_uri, secantus_db_name, receiver, tmp_path):
+    """The same, across a crash: gunicorn is SIGKILLed while notifications wait for a dead
+    receiver, and a new gunicorn on the same database delivers them."""
+    env = {"API_KEY": "notify-crash-key-0123456789", "MONGO_URI": secantus_uri, "MONGO_DB": secantus_db_name,
+           "RATELIMIT_ENABLED": "false", "TRUSTED_PROXY_COUNT": "0", "SPOOL_DIR": str(tmp_path / "spool"),
+           "WEB_CONCURRENCY": "2", "NOTIFY_URL": f"http://127.0.0.1:{receiver.port}/hook", "NOTIFY_SECRET": SECRET}
+
+    def post(server, message) -> dict:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        try:
+            connection.request("POST", "/webhook", body=json.dumps(message),
+                               headers={"Content-Type": "application/json"})
+            return json.loads(connection.getresponse().read())
+        finally:
+            connection.close()
+
+    receiver.fail_next = 2
+    first = processes.gunicorn(env, tmp_path / "first.log").start()
+    try:
+        messages = [payload(n) for n in range(6)]
+        ids = [post(first, message)["email_id"] for message in messages[:3]]
+        assert post(first, messages[0])["duplicate"] is True
+        wait_until(lambda: receiver.acknowledged(), "a first announcement")
+        receiver.down()
+        ids += [post(first, message)["email_id"] for message in messages[3:]]
+        time.sleep(1)
+    finally:
+        first.kill()
+
+    second = processes.gunicorn(env, tmp_path / "second.log").start()
+    try:
+        time.sleep(1)
+        receiver.up()
+        wait_until(lambda: {json.loads(r.body)["email_id"] for r in receiver.acknowledged()} == set(ids),
+                   "every message announced after the crash")
+    finally:
+        second.stop()
+    assert all(valid(r) for r in receiver.received)
+    assert sorted(json.loads(r.body)["email_id"] for r in receiver.acknowledged()) == sorted(ids)
