@@ -113,7 +113,7 @@ def backoff(attempts: int) -> timedelta:
 @dataclass
 class Attempt:
     delivered: bool
-    detail: str  # "HTTP 503", "timeout", "connection refused", ...
+    detail: str  # "HTTP 503", "timeout", "connection failed", ...
 
 
 class Outbox:
