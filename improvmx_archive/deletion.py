@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 from bson import ObjectId
+from pymongo import UpdateOne
 
 from . import blobrefs
 from .db import DURABLE, TOMBSTONES
