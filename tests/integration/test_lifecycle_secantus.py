@@ -23,7 +23,9 @@ from tests.payloads import message_with_attachment
 
 pytestmark = pytest.mark.slow
 
-SHARED = os.urandom(300_000)
+# Parts over parts.INLINE_PART_LIMIT (256 KiB) live in GridFS, where sharing and release matter.
+GRIDFS_SIZE = 300_000
+SHARED = os.urandom(GRIDFS_SIZE)
 
 
 @pytest.fixture
@@ -57,7 +59,7 @@ def downloads(client, auth, email_id: str, data: bytes = SHARED) -> bool:
 
 def test_delete_keeps_shared_blobs_for_the_messages_still_using_them(archive, client, auth):
     first, second = store(client, "first"), store(client, "second")
-    own = store(client, "own", os.urandom(200_000))
+    own = store(client, "own", os.urandom(GRIDFS_SIZE))
     blobs = blob_count(archive)
 
     assert client.delete(f"/emails/{first}", headers=auth).get_json() == {"success": True, "id": first,
@@ -107,9 +109,9 @@ def test_two_deletes_at_once_delete_once_and_break_nothing(secantus_app, archive
 
 def test_deleting_the_last_two_users_of_a_blob_at_once_leaves_no_dangling_reference(secantus_app, archive, auth):
     client = secantus_app.test_client()
-    other_data = os.urandom(100_000)
+    other_data = os.urandom(GRIDFS_SIZE)
     other = store(client, "other", other_data)
-    data = os.urandom(150_000)
+    data = os.urandom(GRIDFS_SIZE)
     pair = [store(client, "p1", data), store(client, "p2", data)]
     barrier = threading.Barrier(2)
 
@@ -186,7 +188,7 @@ def test_a_held_message_cannot_be_deleted_until_released(client, auth):
 
 
 def _aged(archive, subject: str, days: float, *, processed: bool = False, hold: bool = False) -> str:
-    payload = message_with_attachment(os.urandom(50_000), subject=subject)
+    payload = message_with_attachment(os.urandom(GRIDFS_SIZE), subject=subject)
     result = archive.ingest(payload, received_at=datetime.now(timezone.utc) - timedelta(days=days))
     archive.durable_emails.update_one({"_id": ObjectId(result.email_id)}, {"$set": {"processed": processed,
                                                                                    "hold": hold}})

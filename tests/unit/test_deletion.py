@@ -3,6 +3,7 @@ tests/integration/test_lifecycle_secantus.py)."""
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pytest
@@ -10,11 +11,13 @@ import pytest
 from improvmx_archive.config import ConfigError
 from improvmx_archive.sample import sample_mime
 from tests.conftest import make_settings
+from tests.payloads import message_with_attachment
 
 
 @pytest.fixture
-def stored(client, sample_payload) -> str:
-    return client.post("/webhook", json=sample_payload).get_json()["email_id"]
+def stored(client) -> str:
+    """A message whose attachment is large enough to live in GridFS."""
+    return client.post("/webhook", json=message_with_attachment(os.urandom(300_000))).get_json()["email_id"]
 
 
 def test_delete_removes_the_message_and_its_own_blobs(app, client, auth, stored):
@@ -27,7 +30,8 @@ def test_delete_removes_the_message_and_its_own_blobs(app, client, auth, stored)
     assert client.delete(f"/emails/{stored}", headers=auth).status_code == 404
 
 
-def test_a_retry_after_delete_is_acknowledged_and_counted_not_stored(app, client, auth, sample_payload, stored):
+def test_a_retry_after_delete_is_acknowledged_and_not_stored(app, client, auth, sample_payload):
+    stored = client.post("/webhook", json=sample_payload).get_json()["email_id"]
     client.delete(f"/emails/{stored}", headers=auth)
     retry = client.post("/webhook", json=sample_payload)
     assert retry.status_code == 200 and retry.get_json()["deleted"] is True
