@@ -11,7 +11,9 @@ from email.message import EmailMessage
 
 import pytest
 
+from improvmx_archive.db import DatabaseUnavailable
 from improvmx_archive.indexer import SearchIndexer
+from improvmx_archive.mailio import MessageSource
 from improvmx_archive.sample import payload_from_mime
 from tests.conftest import API_KEY
 from tests.payloads import FIXTURES, eml_payload, message_with_attachment
@@ -314,3 +316,71 @@ def test_import_command_reads_a_crlf_mboxrd_file(app, tmp_path):
     assert result.exit_code == 0 and "stored 2, duplicate 0, failed 0" in result.output, result.output
     stored = app.extensions["archive"].emails.find_one({"subject": "crlf 1"})
     assert stored["text"].replace("\r\n", "\n") == "first\nFrom quoted 1\n>From twice"
+
+
+def test_docs_page_shows_the_transfer_routes_and_commands(client):
+    page = client.get("/docs").get_data(as_text=True)
+    assert "/emails/EMAIL_ID/raw" in page and "Content-Type: message/rfc822" in page
+    assert "flask --app app export --format mbox|eml" in page and "flask --app app import PATH..." in page
+
+
+def test_import_answers_503_while_mongodb_is_down(app, client, auth, monkeypatch):
+    def unavailable(*args, **kwargs):
+        raise DatabaseUnavailable("ServerSelectionTimeoutError")
+
+    monkeypatch.setattr(app.extensions["archive"], "ingest", unavailable)
+    response = client.post("/import", data=_message("down"), headers={**auth, **RAW})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "30"
+    assert response.get_json() == {"success": False, "error": "Storage temporarily unavailable; retry later"}
+
+
+def test_import_command_stops_with_exit_3_when_mongodb_goes_away(app, tmp_path, monkeypatch):
+    for number in range(3):
+        (tmp_path / f"{number}.eml").write_bytes(_message(f"outage {number}"))
+    archive = app.extensions["archive"]
+    real_ingest = archive.ingest
+    calls = []
+
+    def failing_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise DatabaseUnavailable("AutoReconnect")
+        return real_ingest(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "ingest", failing_second)
+    result = app.test_cli_runner().invoke(args=["import", str(tmp_path)])
+    assert result.exit_code == 3 and "MongoDB is unavailable" in result.output and "stored 1 so far" in result.output
+    assert len(calls) == 2
+
+
+def test_export_command_reports_a_message_it_cannot_rebuild_and_exports_the_rest(app, tmp_path, monkeypatch):
+    ids = _seed(app.extensions["archive"])
+    real_init = MessageSource.__init__
+
+    def broken_for_one(self, archive, document):
+        if str(document["_id"]) == ids[1]:
+            raise ValueError("unrebuildable")
+        real_init(self, archive, document)
+
+    monkeypatch.setattr(MessageSource, "__init__", broken_for_one)
+    output = tmp_path / "partial.mbox"
+    result = app.test_cli_runner().invoke(args=["export", str(output)])
+    assert result.exit_code == 1
+    assert f"failed {ids[1]}: cannot be rebuilt (ValueError)" in result.output
+    assert "exported 2 message(s)" in result.output and ", failed 1" in result.output
+    assert [m["Subject"] for m in mailbox.mbox(output, create=False)] == ["seed 0", "seed 2"]
+
+
+def test_export_mbox_skips_and_logs_a_message_it_cannot_rebuild(app, client, auth, tmp_path, monkeypatch, caplog):
+    ids = _seed(app.extensions["archive"])
+    real_init = MessageSource.__init__
+
+    def broken_for_one(self, archive, document):
+        if str(document["_id"]) == ids[0]:
+            raise ValueError("unrebuildable")
+        real_init(self, archive, document)
+
+    monkeypatch.setattr(MessageSource, "__init__", broken_for_one)
+    box = _mbox(tmp_path, client.get("/export.mbox", headers=auth).get_data())
+    assert [m["Subject"] for m in box] == ["seed 1", "seed 2"]
+    assert f"message skipped, it cannot be rebuilt email_id={ids[0]}" in caplog.text
