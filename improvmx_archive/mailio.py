@@ -155,8 +155,9 @@ def header_lines(document: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Every stored header as (name, unencoded value), trace fields first, then the
     originator and destination fields, then the rest in stored order."""
     entries: list[tuple[str, str]] = []
+    extra = document.get("extra") if isinstance(document.get("extra"), dict) else {}
     for field, name in FIELD_HEADERS.items():
-        value = document.get(field)
+        value = document[field] if field in document else extra.get(field)  # `sender` is kept as extra
         if field == "message-id":
             text = _message_id(value)
             entries += [(name, text)] if text else []

@@ -16,7 +16,7 @@ import pytest
 
 from improvmx_archive.sample import payload_from_mime
 from improvmx_archive.mailio import (
-    RECONSTRUCTED_HEADER, UNREPRESENTABLE_HEADER, MessageSource, header_lines, mbox_entry, unquote_mbox,
+    NEVER_COPIED, RECONSTRUCTED_HEADER, UNREPRESENTABLE_HEADER, MessageSource, header_lines, mbox_entry, unquote_mbox,
 )
 from tests.payloads import FIXTURES, message_with_attachment
 
@@ -45,8 +45,11 @@ def _rebuilt(archive, email_id, linesep=b"\r\n"):
 
 
 def _assert_same_message(original, again):
-    for field in ("subject", "from", "to", "cc", "date"):
+    for field in ("subject", "from", "to", "cc", "date", "sender", "return-path"):
         assert again.get(field) == original.get(field), field
+    for name, value in original["headers"].items():  # values as received, order aside
+        if name.lower() not in NEVER_COPIED:
+            assert again["headers"].get(name) == value, name
     if original.get("message-id"):
         assert again["message-id"].strip("<>") == original["message-id"].strip("<>")
     for body in ("text", "html"):
