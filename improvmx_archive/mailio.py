@@ -200,16 +200,14 @@ def _part_type(record: Mapping[str, Any]) -> str:
     return content_type if MIME_TYPE.match(content_type) else "application/octet-stream"
 
 
-def safe_filename(name: Any) -> str | None:
-    if not isinstance(name, str):
-        return None
-    return one_line(name) or None
+def _part_filename(name: Any) -> str | None:
+    """The stored file name on one line (the email package quotes and encodes the rest)."""
+    return (one_line(name) or None) if isinstance(name, str) else None
 
 
 def _content_id(cid: Any) -> str | None:
-    if not isinstance(cid, str):
-        return None
-    cid = ADDRESS_SPECIALS.sub("", cid.replace(" ", ""))
+    """`<cid>` with whitespace, brackets and other specials dropped: one token, one header."""
+    cid = ADDRESS_SPECIALS.sub("", cid) if isinstance(cid, str) else ""
     return f"<{cid}>" if cid else None
 
 
@@ -246,7 +244,7 @@ def _stored_part(record: dict[str, Any], token: str, *, inline: bool) -> tuple[M
     part["Content-Type"] = content_type
     if content_type.startswith("text/") and record.get("stored_as") == "text":
         part.set_param("charset", "utf-8")
-    filename = safe_filename(record.get("name"))
+    filename = _part_filename(record.get("name"))
     if filename:
         part.set_param("name", filename)
     part.add_header("Content-Disposition", "inline" if inline else "attachment",
