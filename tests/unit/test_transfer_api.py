@@ -13,7 +13,7 @@ import pytest
 
 from improvmx_archive.db import DatabaseUnavailable
 from improvmx_archive.indexer import SearchIndexer
-from improvmx_archive.mailio import MessageSource
+from improvmx_archive.mailio import MessageSource, export_hint
 from improvmx_archive.sample import payload_from_mime
 from tests.conftest import API_KEY
 from tests.payloads import FIXTURES, eml_payload, message_with_attachment
@@ -384,3 +384,16 @@ def test_export_mbox_skips_and_logs_a_message_it_cannot_rebuild(app, client, aut
     box = _mbox(tmp_path, client.get("/export.mbox", headers=auth).get_data())
     assert [m["Subject"] for m in box] == ["seed 1", "seed 2"]
     assert f"message skipped, it cannot be rebuilt email_id={ids[0]}" in caplog.text
+
+
+@pytest.mark.parametrize("query, index", [
+    ({}, "newest_first"),
+    ({"received_at": {"$gte": datetime(2020, 1, 1, tzinfo=timezone.utc)}}, "newest_first"),
+    ({"from_email": "a@example.org", "processed": True}, "by_sender"),
+    ({"recipients": "b@archive.test", "has_attachments": True}, "by_recipient"),
+    ({"processed": False}, "by_processed"),
+    ({"has_attachments": True}, "by_attachments"),
+    ({"tokens": "invoice", "from_email": "a@example.org"}, "by_token"),
+])
+def test_export_pages_are_read_through_an_index_ending_in_the_sort_key(query, index):
+    assert export_hint(query) == index
