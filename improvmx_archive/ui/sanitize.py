@@ -1,6 +1,9 @@
 """Clean a sender's HTML before it is shown: the first of the UI's layers against hostile mail.
 
-nh3 (the Rust ammonia sanitiser) keeps only listed tags and attributes. What it cannot be
+A `<style>` block is first folded into the elements' style attributes by css-inline, with
+remote and local stylesheets never loaded, so a newsletter keeps its look; the attributes
+then pass the same checks as any other. nh3 (the Rust ammonia sanitiser) then keeps only
+listed tags and attributes. What it cannot be
 told is done in its attribute filter: links only to http(s) and mailto, images only from
 http(s) (blocked later by the frame's CSP unless the reader asks), from data: image types,
 or from the message's own parts (cid: rewritten), and style attributes rebuilt declaration
@@ -16,6 +19,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import css_inline
 import nh3
 
 TAGS = (set(nh3.ALLOWED_TAGS) - {"map", "area"}) | {"font", "tfoot"}
@@ -45,6 +49,9 @@ _UNSAFE_VALUE = re.compile(r"url\(|image-set|image\(|cross-fade|element\(|var\(|
 _STYLE_LENGTH_LIMIT = 4000
 
 
+_INLINER = css_inline.CSSInliner(load_remote_stylesheets=False, keep_style_tags=False, keep_link_tags=False)
+
+
 @dataclass
 class CleanedHtml:
     html: str
@@ -62,6 +69,18 @@ def clean_style(value: str) -> str | None:
             continue
         kept.append(f"{name}: {raw}")
     return "; ".join(kept) or None
+
+
+def inline_style_blocks(html: str) -> str:
+    """The HTML with its <style> rules written into style attributes (what no attribute can
+    hold, like @media, @font-face and @import, is dropped); unchanged if it has no <style>
+    or its CSS cannot be read."""
+    if "<style" not in html.lower():
+        return html
+    try:
+        return _INLINER.inline(html)
+    except css_inline.InlineError:
+        return html
 
 
 def _scheme(value: str) -> str:
@@ -93,7 +112,7 @@ def clean_html(html: str, inline_url: Callable[[str], str | None]) -> CleanedHtm
         return value
 
     cleaned = nh3.clean(
-        html,
+        inline_style_blocks(html),
         tags=TAGS,
         clean_content_tags=CLEAN_CONTENT_TAGS,
         attributes=ATTRIBUTES,

@@ -43,8 +43,22 @@ def test_nothing_that_runs_or_fetches_survives(hostile):
         assert marker not in cleaned, (hostile, cleaned)
 
 
-def test_script_and_style_content_is_dropped_not_shown_as_text():
-    assert clean("<title>T</title><style>p{color:red}</style><script>x=1</script><p>hi</p>") == "<p>hi</p>"
+def test_script_and_title_content_is_dropped_not_shown_as_text():
+    assert clean("<title>T</title><script>x=1</script><p>hi</p>") == "<p>hi</p>"
+
+
+def test_style_blocks_become_checked_style_attributes():
+    html = ("<html><head><style>@import url(https://evil.example/a.css);"
+            "@font-face { font-family: X; src: url(https://evil.example/f.woff) }"
+            "p { color: #c00; background: url(https://evil.example/p.png); padding: 4px }"
+            "@media (max-width: 600px) { p { color: blue } }</style>"
+            '<link rel="stylesheet" href="https://evil.example/b.css"></head>'
+            '<body><p style="margin: 0">hi</p></body></html>')
+    assert clean(html) == '<p style="color: #c00; padding: 4px; margin: 0">hi</p>'
+
+
+def test_unreadable_css_is_dropped_with_its_block():
+    assert clean("<style>p{{{ color: red</style><p>hi</p>") == "<p>hi</p>"
 
 
 def test_newsletter_layout_survives():
@@ -108,3 +122,10 @@ def test_only_data_urls_of_raster_images_are_kept():
     result = clean('<img src="data:image/png;base64,iVBORw0KGgo="><img src="data:image/svg+xml,<svg onload=alert(1)>">'
                    '<img src="data:text/html;base64,PHNjcmlwdD4=">')
     assert result == '<img src="data:image/png;base64,iVBORw0KGgo="><img><img>'
+
+
+def test_stylesheets_named_by_link_are_never_read(tmp_path):
+    sheet = tmp_path / "local.css"
+    sheet.write_text("p { color: green }")
+    for href in (f"file://{sheet}", str(sheet), "https://evil.example/remote.css"):
+        assert clean(f'<link rel="stylesheet" href="{href}"><style>b {{ color: red }}</style><p>x</p>') == "<p>x</p>"
