@@ -32,14 +32,19 @@ from typing import Any, Generator, Iterable, Iterator, Mapping
 
 from bson import ObjectId
 from pymongo import ASCENDING
+from pymongo.errors import PyMongoError
 
-from .archive import index_hint
+from .archive import IngestResult, index_hint
+from .db import DatabaseUnavailable
 from .payload import parse_address_list
 from .sample import payload_from_mime
 
 log = logging.getLogger(__name__)
 
 RECONSTRUCTED_HEADER = "X-Archive-Reconstructed"
+# The message's id in the archive it was exported from: importing the file back into that
+# archive is then recognised as a duplicate, and a restore into an empty one keeps the ids.
+ARCHIVE_ID_HEADER = "X-Archive-Id"
 RECONSTRUCTED_NOTE = ("rebuilt by improvmx-webhook-archive from the stored webhook JSON; MIME structure "
                       "and header order are not the original and DKIM signatures no longer verify")
 UNREPRESENTABLE_HEADER = "X-Archive-Invalid-Header"
@@ -47,7 +52,7 @@ UNREPRESENTABLE_HEADER = "X-Archive-Invalid-Header"
 # must not leak to whoever opens the file.
 NEVER_COPIED = frozenset({"content-type", "content-transfer-encoding", "mime-version", "content-disposition",
                           "content-id", "content-length", "bcc",
-                          RECONSTRUCTED_HEADER.lower(), UNREPRESENTABLE_HEADER.lower()})
+                          RECONSTRUCTED_HEADER.lower(), ARCHIVE_ID_HEADER.lower(), UNREPRESENTABLE_HEADER.lower()})
 # RFC 5322 section 3.6 order: trace fields, then originator and destination fields.
 TRACE_FIELDS = ("return-path", "received")
 ORIGINATOR_FIELDS = ("date", "from", "sender", "reply-to", "to", "cc", "message-id", "in-reply-to",
@@ -313,6 +318,8 @@ class Rebuild:
         for name, value in header_lines(self.document):
             message.set_raw(name, encode_header_value(name, value))
         message.set_raw(RECONSTRUCTED_HEADER, encode_header_value(RECONSTRUCTED_HEADER, RECONSTRUCTED_NOTE))
+        if self.document.get("_id") is not None:
+            message.set_raw(ARCHIVE_ID_HEADER, str(self.document["_id"]))
         message.set_raw("MIME-Version", "1.0")
         for name, value in self.tree.raw_items():
             message[name] = value
@@ -500,6 +507,7 @@ class NotAMessage(ValueError):
 class ParsedImport:
     payload: dict[str, Any]
     received_at: datetime
+    archive_id: ObjectId | None  # set when the message is one this software rebuilt
 
 
 def _plausible(moment: datetime | None) -> datetime | None:
@@ -542,14 +550,33 @@ def parse_raw_message(raw: bytes) -> ParsedImport:
         payload = payload_from_mime(raw)
     except Exception as error:  # mailparse raises whatever its parsing of hostile MIME hits
         raise NotAMessage(f"the MIME structure cannot be parsed ({type(error).__name__})") from None
-    return ParsedImport(payload, arrival_time(headers))
+    return ParsedImport(payload, arrival_time(headers), exported_id(headers))
 
 
-def import_raw(archive, raw: bytes):
+def exported_id(headers) -> ObjectId | None:
+    """The archive id a rebuilt message carries, if it carries a valid one."""
+    if headers.get(RECONSTRUCTED_HEADER) is None:
+        return None
+    value = one_line(str(headers.get(ARCHIVE_ID_HEADER) or ""))
+    return ObjectId(value) if ObjectId.is_valid(value) else None
+
+
+def import_raw(archive, raw: bytes) -> tuple[IngestResult, ParsedImport]:
     """Parse raw mail and store it through the webhook's ingest (idempotent), marked as
-    imported with its own arrival time. Raises NotAMessage or DatabaseUnavailable."""
+    imported with its own arrival time. A message exported from this archive whose original
+    is still here is a duplicate; one exported elsewhere keeps its id. Raises NotAMessage or
+    DatabaseUnavailable."""
     parsed = parse_raw_message(raw)
-    return archive.ingest(parsed.payload, received_at=parsed.received_at, source="import"), parsed
+    if parsed.archive_id is not None:
+        try:
+            present = archive.emails.find_one({"_id": parsed.archive_id}, {"_id": 1})
+        except PyMongoError as error:
+            raise DatabaseUnavailable(type(error).__name__) from error
+        if present:
+            return IngestResult(str(parsed.archive_id), True), parsed
+    result = archive.ingest(parsed.payload, email_id=parsed.archive_id, received_at=parsed.received_at,
+                            source="import")
+    return result, parsed
 
 
 def unquote_mbox(raw: bytes) -> bytes:

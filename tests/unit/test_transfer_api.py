@@ -397,3 +397,35 @@ def test_export_mbox_skips_and_logs_a_message_it_cannot_rebuild(app, client, aut
 ])
 def test_export_pages_are_read_through_an_index_ending_in_the_sort_key(query, index):
     assert export_hint(query) == index
+
+
+def test_an_export_imported_back_into_its_archive_stores_nothing(app, client, auth, tmp_path):
+    ids = _seed(app.extensions["archive"])
+    exported = tmp_path / "backup.mbox"
+    exported.write_bytes(client.get("/export.mbox", headers=auth).get_data())
+    result = app.test_cli_runner().invoke(args=["import", str(exported)])
+    assert result.exit_code == 0 and "stored 0, duplicate 3, failed 0" in result.output, result.output
+    raw = client.get(f"/emails/{ids[0]}/raw", headers=auth).get_data()
+    answer = client.post("/import", data=raw, headers={**auth, **RAW}).get_json()
+    assert answer["duplicate"] is True and answer["email_id"] == ids[0]
+    assert app.extensions["archive"].emails.count_documents({}) == 3
+
+
+def test_a_restore_into_an_empty_archive_keeps_the_ids(make_app, tmp_path):
+    source = make_app(RATELIMIT_ENABLED="false")
+    ids = _seed(source.extensions["archive"])
+    exported = tmp_path / "backup.mbox"
+    exported.write_bytes(source.test_client().get("/export.mbox", headers={"Authorization": f"Bearer {API_KEY}"}).get_data())
+    target = make_app(RATELIMIT_ENABLED="false")
+    assert target.test_cli_runner().invoke(args=["import", str(exported)]).exit_code == 0
+    restored = {str(doc["_id"]): doc["subject"] for doc in target.extensions["archive"].emails.find({})}
+    assert restored == {email_id: f"seed {n}" for n, email_id in enumerate(ids)}
+
+
+@pytest.mark.parametrize("headers", [
+    b"X-Archive-Reconstructed: yes\r\nX-Archive-Id: not-an-id\r\n",
+    b"X-Archive-Id: 0123456789abcdef01234567\r\n",  # not a rebuilt message: the id is not trusted
+])
+def test_an_archive_id_is_only_taken_from_a_valid_rebuilt_message(app, client, auth, headers):
+    body = client.post("/import", data=headers + _message("carried id"), headers={**auth, **RAW}).get_json()
+    assert body["duplicate"] is False and body["email_id"] != "0123456789abcdef01234567"

@@ -113,11 +113,13 @@ def test_mime_framing_and_bcc_are_never_copied_from_stored_headers(app):
     payload["headers"].update({"Content-Type": "text/evil", "Content-Transfer-Encoding": "x-evil",
                                "MIME-Version": "9.9", "Content-Disposition": "evil", "Content-ID": "<evil>",
                                "Content-Length": "1", "Bcc": "hidden@example.org",
-                               RECONSTRUCTED_HEADER: "forged"})
+                               RECONSTRUCTED_HEADER: "forged", "X-Archive-Id": "forged"})
     payload["bcc"] = [{"name": None, "email": "secret@example.org"}]
     archive = app.extensions["archive"]
-    raw = _rebuilt(archive, archive.ingest(payload).email_id)
+    email_id = archive.ingest(payload).email_id
+    raw = _rebuilt(archive, email_id)
     parsed = email.message_from_bytes(raw, policy=policy.default)
+    assert parsed.get_all("X-Archive-Id") == [email_id]
     assert parsed["Bcc"] is None and b"secret@example.org" not in raw and b"hidden@" not in raw
     assert parsed["MIME-Version"] == "1.0" and parsed.get_content_type() == "multipart/mixed"
     assert parsed.get_all(RECONSTRUCTED_HEADER) and len(parsed.get_all(RECONSTRUCTED_HEADER)) == 1
