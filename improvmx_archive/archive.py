@@ -34,7 +34,7 @@ from .indexer import Vocabulary, pending_marker
 from .listing import CursorCodec, Filters, Page, up_to
 from .notify import mark_for_notification
 from .parts import (
-    INLINE_DATA, INLINE_PART_LIMIT, INLINE_TOTAL_LIMIT, BlobStore, BlobStream, Decoded, inline_stream, inspect_part,
+    INLINE_DATA, INLINE_PART_LIMIT, INLINE_TOTAL_LIMIT, BlobStore, BlobStream, Decoded, decoded_once, inline_stream, inspect_part,
 )
 from .payload import (
     Message, Part, accepts_domains, escape_keys, idempotency_key, normalise, replace_lone_surrogates,
@@ -181,7 +181,7 @@ class Archive:
         unique index alone catches a retry. Only parts bound for GridFS make it worth asking
         first whether this delivery is already stored (a retry would upload them again)."""
         self.ensure_indexes()
-        decoded = [inspect_part(part) for part in message.parts]
+        decoded = [inspect_part(part, keep) for part, keep in zip(message.parts, decoded_once(message.parts))]
         key = idempotency_key(message, [d.sha256 for d in decoded])
         inline = _kept_inline(decoded)
         if not all(inline):
@@ -213,21 +213,22 @@ class Archive:
 
     def _store_blobs(self, parts: list[tuple[Part, Decoded]]) -> list[ObjectId]:
         """GridFS blobs for these parts, in order: identical stored ones found in one batched
-        lookup, small new ones written together, large ones streamed one at a time. The
-        number of round trips grows with the bytes, not with the number of parts."""
+        lookup, new ones already decoded written together in batches, the largest streamed
+        one at a time. The number of round trips grows with the bytes, not with the number
+        of parts."""
         if not parts:
             return []
         found = self.blobs.reuse_many([(info.sha256, info.size) for _, info in parts])
-        small: dict[tuple[str, int], tuple[bytes, str, str]] = {}
+        decoded_new: dict[tuple[str, int], tuple[bytes, str, str]] = {}
         for part, info in parts:
             wanted = (info.sha256, info.size)
             if wanted in found:
                 continue
             if info.data is not None:
-                small.setdefault(wanted, (info.data, info.sha256, part.content_type))
+                decoded_new.setdefault(wanted, (info.data, info.sha256, part.content_type))
             else:
                 found[wanted] = self.blobs.put_new(info.slices(part.content), info.sha256, part.content_type)
-        found.update(zip(small, self.blobs.put_small_many(list(small.values()))))
+        found.update(zip(decoded_new, self.blobs.put_many(list(decoded_new.values()))))
         return [found[(info.sha256, info.size)] for _, info in parts]
 
     def _fit(self, document: dict[str, Any], message: Message, decoded: list[Decoded]) -> dict[str, Any]:

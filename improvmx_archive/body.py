@@ -16,24 +16,34 @@ from typing import Any, Iterator
 from .payload import MAX_JSON_DEPTH, nesting_depth, rebuild
 
 SPILL_THRESHOLD = 64 * 1024  # literals at least this long are left in the buffer
+# Below this a body is parsed whole by json.loads (C, fast): its copies cost little memory,
+# while the literal scan and the unescaping in Python would cost most of the time of a
+# typical message. It matches the default LARGE_BODY_MB, above which bodies are admitted a
+# few at a time per host (admission.py).
+SPILL_BODY_MIN = 8 * 1024 * 1024
 SLICE_BYTES = 1024 * 1024
 # A JSON string literal; outside strings JSON has no '"', so scanning from the start finds
 # exactly the string tokens.
 _STRING_LITERAL = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.S)
-# What base64 content looks like inside a JSON literal: its alphabet plus the escapes JSON
-# encoders write for line breaks and (some) slashes.
-_BASE64_LIKE = re.compile(rb"(?:[A-Za-z0-9+/=]++|\\[nrt/])*+")
+# Where a base64-like literal can start: a quote, then base64 or one of the escapes below.
+_BASE64_LIKE_START = re.compile(rb'"(?=[A-Za-z0-9+/=]|\\[nrt/])')
+# The rest of such a literal up to its closing quote, when it holds only base64 and the
+# escapes JSON encoders write for line breaks and (some) slashes.
+_BASE64_LIKE_REST = re.compile(rb"(?:[A-Za-z0-9+/=]++|\\[nrt/])*+\"")
 _OBJECT_KEY_END = re.compile(rb"[ \t\r\n]*+:")  # after a literal: it was an object key
-_ESCAPES = ((b"\\n", b"\n"), (b"\\r", b"\r"), (b"\\t", b"\t"), (b"\\/", b"/"))
+_NEWLINE = (b"\\n", b"\n")
+_ESCAPES = (_NEWLINE, (b"\\r", b"\r"), (b"\\t", b"\t"), (b"\\/", b"/"))
+BACKSLASH = 0x5C
 
 
 class SpilledString:
     """A JSON string value still in the request buffer, in its escaped form."""
 
-    __slots__ = ("raw",)
+    __slots__ = ("raw", "escapes")
 
-    def __init__(self, raw: memoryview):
+    def __init__(self, raw: memoryview, escapes: tuple[tuple[bytes, bytes], ...] = _ESCAPES):
         self.raw = raw
+        self.escapes = escapes  # the ones that occur: each costs a pass over every slice
 
     def slices(self) -> Iterator[bytes]:
         """The string's bytes (ASCII, so also its UTF-8), unescaped a slice at a time."""
@@ -43,7 +53,7 @@ class SpilledString:
             carry = b""
             if piece.endswith(b"\\"):  # an escape cut in two: finish it with the next slice
                 piece, carry = piece[:-1], b"\\"
-            for escaped, plain in _ESCAPES:
+            for escaped, plain in self.escapes:
                 piece = piece.replace(escaped, plain)
             yield piece
 
@@ -77,6 +87,8 @@ def parse_json_body(body: bytearray, **loads_options: Any) -> Any:
     Raises ValueError (UnicodeDecodeError included) for anything that is not JSON, and its
     subclass NestedTooDeeply for JSON nested past MAX_JSON_DEPTH.
     """
+    if len(body) < SPILL_BODY_MIN:
+        return _loads(body, **loads_options)
     if json.detect_encoding(body) != "utf-8":
         return _loads(bytes(body), **loads_options)
     token = secrets.token_hex(8)
@@ -84,19 +96,54 @@ def parse_json_body(body: bytearray, **loads_options: Any) -> Any:
     pieces: list[bytes] = []
     view = memoryview(body)
     kept_until = 0
-    for literal in _STRING_LITERAL.finditer(body):
-        start, end = literal.span()
-        if (end - start - 2 < SPILL_THRESHOLD or _OBJECT_KEY_END.match(body, end)
-                or not _BASE64_LIKE.fullmatch(body, start + 1, end - 1)):
-            continue
+    for start, end in _long_base64_literals(body):
         placeholder = f"\\u0000{token}:{len(spilled)}"
-        spilled[f"\x00{token}:{len(spilled)}"] = SpilledString(view[start + 1:end - 1])
+        spilled[f"\x00{token}:{len(spilled)}"] = SpilledString(view[start + 1:end - 1],
+                                                                _escapes_in(body, start, end))
         pieces += [bytes(view[kept_until:start]), b'"', placeholder.encode(), b'"']
         kept_until = end
     if not spilled:
         return _loads(body.decode("utf-8", "surrogatepass"), **loads_options)
     pieces.append(bytes(view[kept_until:]))
     return _restore(_loads(b"".join(pieces).decode("utf-8", "surrogatepass"), **loads_options), spilled)
+
+
+def _long_base64_literals(body: bytearray) -> Iterator[tuple[int, int]]:
+    """(start, end), quotes included, of every string value of at least SPILL_THRESHOLD
+    base64-like characters. The regexes run over the long literals at C speed; only the
+    other strings that start like base64 cost a Python step each.
+
+    A candidate quote preceded by an odd run of backslashes is an escaped quote inside some
+    string; any other one followed by base64 opens a string (in JSON a closing quote is
+    followed by punctuation or space)."""
+    position = 0
+    while candidate := _BASE64_LIKE_START.search(body, position):
+        start = candidate.start()
+        if _escaped(body, start):
+            position = start + 1
+            continue
+        rest = _BASE64_LIKE_REST.match(body, start + 1)
+        if rest is None:  # other characters follow: a string of another kind, skipped whole
+            literal = _STRING_LITERAL.match(body, start)
+            position = literal.end() if literal else start + 1
+            continue
+        position = end = rest.end()
+        if end - start - 2 >= SPILL_THRESHOLD and not _OBJECT_KEY_END.match(body, end):
+            yield start, end
+
+
+def _escaped(body: bytearray, index: int) -> bool:
+    run = 0
+    while index - run > 0 and body[index - run - 1] == BACKSLASH:
+        run += 1
+    return run % 2 == 1
+
+
+def _escapes_in(body: bytearray, start: int, end: int) -> tuple[tuple[bytes, bytes], ...]:
+    """The escapes a base64-like literal uses: nearly always line breaks alone."""
+    if body.count(b"\\", start, end) == body.count(b"\\n", start, end):
+        return (_NEWLINE,)
+    return _ESCAPES
 
 
 def _restore(payload: Any, spilled: dict[str, SpilledString]) -> Any:

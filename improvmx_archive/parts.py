@@ -34,8 +34,14 @@ BASE64_WHITESPACE = b" \t\r\n\x0b\x0c"  # what MIME line-wrapping and mailparse 
 INLINE_PART_LIMIT = 256 * 1024
 # All inline parts of one message together, well under the 16 MB document cap.
 INLINE_TOTAL_LIMIT = 6 * 1024 * 1024
-# Received (base64 or text) length up to which a part's bytes are kept while it is hashed.
-INLINE_RECEIVED_LIMIT = INLINE_PART_LIMIT * 4 // 3 + INLINE_PART_LIMIT // 16
+# Parts whose received (base64 or text) form is at most this long keep their decoded bytes
+# while they are hashed, so they are decoded once; larger ones are decoded again while they
+# are written, a slice at a time, so memory stays bounded by a few MB.
+KEEP_RECEIVED_LIMIT = 6 * 1024 * 1024
+# ...and at most this much received content per message is kept that way, not counting
+# parts small enough to be inline candidates (always kept: batched writes need their bytes).
+KEEP_RECEIVED_BUDGET = 12 * 1024 * 1024
+_INLINE_RECEIVED = INLINE_PART_LIMIT * 4 // 3 + INLINE_PART_LIMIT // 16  # base64 with line breaks
 LOOKUP_BATCH = 2000  # digests per query when looking for stored blobs
 WRITE_BATCH_BYTES = 8 * 1024 * 1024  # chunk bytes per insert_many when writing many small blobs
 
@@ -118,16 +124,30 @@ def _digest(slices: Iterator[bytes], keep: bool) -> tuple[str, int, bytes | None
     return sha.hexdigest(), size, b"".join(kept) if keep else None
 
 
-def _received_length(content: Any) -> int:
+def received_length(content: Any) -> int:
     return len(content) if isinstance(content, (str, SpilledString)) else 0
 
 
-def inspect_part(part: Part) -> Decoded:
-    """One pass over a part: decide base64 or text, validate, hash; a part small enough to be
-    kept in the message document keeps its decoded bytes. Nothing is stored."""
+def decoded_once(parts: list[Part]) -> list[bool]:
+    """Which parts keep their decoded bytes (see KEEP_RECEIVED_LIMIT), in order."""
+    budget = KEEP_RECEIVED_BUDGET
+    kept = []
+    for part in parts:
+        length = received_length(part.content)
+        if length <= _INLINE_RECEIVED:
+            kept.append(True)
+            continue
+        keep = length <= KEEP_RECEIVED_LIMIT and length <= budget
+        budget -= length if keep else 0
+        kept.append(keep)
+    return kept
+
+
+def inspect_part(part: Part, keep: bool = False) -> Decoded:
+    """One pass over a part: decide base64 or text, validate, hash, and keep the decoded
+    bytes when asked. Nothing is stored."""
     content = part.content
     flags = list(part.flags)
-    keep = _received_length(content) <= INLINE_RECEIVED_LIMIT
     if content is None:
         flags.append("content_missing")
     elif not isinstance(content, (str, SpilledString)):
@@ -235,10 +255,10 @@ class BlobStore:
             self._abandon([blob_id], error)
         return blob_id
 
-    def put_small_many(self, blobs: list[tuple[bytes, str, str]]) -> list[ObjectId]:
-        """Store many small in-memory blobs (data, sha256, content type) as new blobs with a
-        handful of batched inserts instead of two round trips each; chunks first, file
-        entries last, as put_new does."""
+    def put_many(self, blobs: list[tuple[bytes, str, str]]) -> list[ObjectId]:
+        """Store in-memory blobs (data, sha256, content type) as new blobs with a handful of
+        batched inserts instead of two round trips each; chunks first, file entries last, as
+        put_new does."""
         ids = [ObjectId() for _ in blobs]
         if not blobs:
             return ids

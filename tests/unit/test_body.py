@@ -11,6 +11,18 @@ from improvmx_archive.body import SpilledString, parse_json_body, plain
 from tests.payloads import message_with_attachment
 
 
+@pytest.fixture(autouse=True)
+def spill_every_body(monkeypatch):
+    """These tests look at spilling itself, whatever the body's size."""
+    monkeypatch.setattr(body_module, "SPILL_BODY_MIN", 0)
+
+
+def test_a_body_under_spill_body_min_is_parsed_whole(monkeypatch):
+    monkeypatch.setattr(body_module, "SPILL_BODY_MIN", 1024 * 1024)
+    payload = message_with_attachment(os.urandom(300_000))
+    assert _parse(payload) == payload
+
+
 def _parse(document, **dumps_options):
     return parse_json_body(bytearray(json.dumps(document, **dumps_options).encode()))
 
@@ -82,3 +94,15 @@ def test_outage_spools_the_original_content(app, client, monkeypatch):
     stored = app.extensions["archive"].find(response.get_json()["email_id"])
     data = base64.b64decode(payload["attachments"][0]["content"])
     assert stored["attachments"][0]["size"] == len(data)
+
+
+@pytest.mark.parametrize("text", [
+    'say \\"' + "QUJD" * 20_000 + '\\" twice',   # base64 after an escaped quote: still inside the text
+    "\\\\" + "QUJD" * 20_000,                      # after an escaped backslash
+    "QUJD" * 20_000 + " and then words",          # base64-like start, other characters later
+], ids=["escaped-quote", "escaped-backslash", "mixed"])
+def test_strings_that_only_look_like_base64_in_places_parse_exactly(text):
+    raw = ('{"text": "' + text + '", "attachments": [{"content": "' + "QUJD\\n" * 20_000 + '"}]}').encode()
+    parsed = parse_json_body(bytearray(raw))
+    assert parsed["text"] == json.loads(raw)["text"]
+    assert plain(parsed) == json.loads(raw)

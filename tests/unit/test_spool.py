@@ -47,7 +47,7 @@ from improvmx_archive.maintenance import (
     collect_orphans,
     remove_partial_uploads,
 )
-from improvmx_archive.parts import INLINE_PART_LIMIT
+from improvmx_archive.parts import INLINE_PART_LIMIT, KEEP_RECEIVED_LIMIT
 from improvmx_archive.spool import ABANDONED_AFTER_SECONDS, Spool, SpoolUnavailable
 from tests.conftest import make_settings
 
@@ -380,8 +380,9 @@ FAILURE_POINTS = {
 def gridfs_payload(sample_payload):
     """The sample with parts too large to ride in the message document, so that every write
     of an ingest happens: idempotency lookup, GridFS chunks, the file entry of the large PDF
-    (streamed) and the batched one of the image just over the limit, then the message."""
-    sample_payload["attachments"][0]["content"] = base64.b64encode(os.urandom(2 * INLINE_PART_LIMIT)).decode()
+    (too large to keep decoded: streamed) and the batched one of the image just over the
+    inline limit, then the message."""
+    sample_payload["attachments"][0]["content"] = base64.b64encode(os.urandom(KEEP_RECEIVED_LIMIT)).decode()
     sample_payload["inlines"][0]["content"] = base64.b64encode(os.urandom(INLINE_PART_LIMIT + 1)).decode()
     return sample_payload
 
