@@ -25,7 +25,7 @@ from .corpus import Corpus
 from .harness import Bench, drop_bench_databases, environment_facts
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FIGURES = ("ingest", "memory", "queries", "storage", "download")
+FIGURES = ("ingest", "memory", "burst", "queries", "storage", "download")
 DB_PREFIX = "improvmx_bench"
 
 
@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                     results["figures"][name] = figures.ingest(bench, corpus, plan, log)
                 elif name == "memory":
                     results["figures"][name] = figures.memory(bench, corpus, plan, log)
+                elif name == "burst":
+                    results["figures"][name] = figures.burst(bench, corpus, plan, log)
                 elif name == "queries":
                     results["figures"][name] = figures.queries(bench, plan, log, args.seed)
                 elif name == "storage":

@@ -37,6 +37,7 @@ class Plan:
     download_rounds: int
     concurrencies: tuple[int, ...] = (1, 8)
     memory_payload: int = 50 * MB
+    burst_sizes: tuple[int, ...] = (1, 4, 16)
     download_sizes: tuple[int, ...] = (40 * MB, 10 * MB)
     query_warmup: int = 1
     query_budget: float = 180.0  # seconds of measuring per database size, see _measure_queries
@@ -176,6 +177,36 @@ def memory(bench: Bench, corpus: Corpus, plan: Plan, log: Log) -> dict:
             "seconds": median([r["seconds"] for r in measured]),
             "rounds": measured,
         }
+    return out
+
+
+def burst(bench: Bench, corpus: Corpus, plan: Plan, log: Log) -> dict:
+    """Peak RSS of all workers together while N ~50 MB deliveries arrive at once, with the
+    large-body slots on (the default, 2 per host) and off: the sizing rule's evidence."""
+    raw = int(plan.memory_payload * 3 / 4 * 76 / 77)
+    count = max(plan.burst_sizes)
+    messages = corpus.messages(f"burst-{plan.memory_payload // MB}mb", "single", count, size=raw)
+    bodies = [path.read_bytes() for path in messages.paths]
+    out: dict = {"payload_mib": round(len(bodies[0]) / MB, 1), "rows": []}
+    for slots in ("2", "0"):
+        for concurrency in plan.burst_sizes:
+            with bench.running(("ours",), f"burst{slots}x{concurrency}", LARGE_BODY_SLOTS=slots) as servers:
+                server = servers["ours"]
+                warm = Client(server.port)
+                warm.request("GET", "/emails?limit=1", headers=auth())
+                warm.close()
+                pids = worker_pids(server)
+                baseline = sum(proc_status(pid)["VmRSS"] for pid in pids)
+                with RssSampler(*pids) as sampler:
+                    sent = send_all(server.port, bodies[:concurrency], concurrency)
+            row = {"slots": int(slots), "concurrency": concurrency, "workers": len(pids),
+                   "baseline_mib": round(baseline / MB, 1), "peak_mib": round(sampler.peak / MB, 1),
+                   "growth_mib": round((sampler.peak - baseline) / MB, 1),
+                   "stored": sent["ok"], "seconds": round(sent["wall"], 1),
+                   "slowest_s": round(max(sent["latencies"]), 1)}
+            out["rows"].append(row)
+            log(f"burst slots={slots} n={concurrency}: peak {row['peak_mib']} MiB over {len(pids)} workers "
+                f"(+{row['growth_mib']} MiB), stored {row['stored']}/{concurrency} in {row['seconds']} s")
     return out
 
 

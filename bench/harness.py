@@ -200,19 +200,20 @@ def worker_pids(server: ManagedProcess) -> list[int]:
 
 
 class RssSampler:
-    """Samples a process's RSS every few milliseconds (a cross-check of VmHWM)."""
+    """Samples the summed RSS of processes every few milliseconds (a cross-check of VmHWM,
+    and the one true peak of several workers together: their own peaks fall at different times)."""
 
-    def __init__(self, pid: int, interval: float = 0.005):
-        self.pid, self.interval = pid, interval
+    def __init__(self, *pids: int, interval: float = 0.005):
+        self.pids, self.interval = pids, interval
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        proc = psutil.Process(self.pid)
+        procs = [psutil.Process(pid) for pid in self.pids]
         while not self._stop.is_set():
             try:
-                self.peak = max(self.peak, proc.memory_info().rss)
+                self.peak = max(self.peak, sum(proc.memory_info().rss for proc in procs))
             except psutil.Error:
                 return
             time.sleep(self.interval)
@@ -273,7 +274,7 @@ class Bench:
     def db_name(self, system: str, figure: str) -> str:
         return f"{self.db_prefix}_{figure}_{system}"
 
-    def env(self, system: str, figure: str) -> dict[str, str]:
+    def env(self, system: str, figure: str, **extra: str) -> dict[str, str]:
         spool = self.workdir / "spool" / f"{figure}-{system}"
         spool.mkdir(parents=True, exist_ok=True)
         return {
@@ -285,6 +286,7 @@ class Bench:
             "BACKGROUND_TASKS": "false",
             "SPOOL_DIR": str(spool),
             "PYTHONUNBUFFERED": "1",
+            **extra,
         }
 
     def gunicorn_args(self, workers: int | None) -> list[str]:
@@ -294,9 +296,9 @@ class Bench:
             args += ["--workers", str(workers)]
         return args
 
-    def start(self, system: str, figure: str, workers: int | None = None) -> ManagedProcess:
+    def start(self, system: str, figure: str, workers: int | None = None, **env: str) -> ManagedProcess:
         server = gunicorn_serving(
-            APP_SPECS[system], self.env(system, figure),
+            APP_SPECS[system], self.env(system, figure, **env),
             log_path=self.workdir / "logs" / f"{figure}-{system}.log",
             extra_args=self.gunicorn_args(workers),
         )
@@ -306,11 +308,12 @@ class Bench:
         return server
 
     @contextmanager
-    def running(self, systems: tuple[str, ...], figure: str, workers: int | None = None) -> Iterator[dict[str, ManagedProcess]]:
+    def running(self, systems: tuple[str, ...], figure: str, workers: int | None = None,
+                **env: str) -> Iterator[dict[str, ManagedProcess]]:
         started = {}
         try:
             for system in systems:
-                started[system] = self.start(system, figure, workers)
+                started[system] = self.start(system, figure, workers, **env)
             yield started
         finally:
             for server in started.values():

@@ -118,6 +118,8 @@ def render(results: dict) -> str:
         _ingest(figs["ingest"], add)
     if "memory" in figs:
         _memory(figs["memory"], add)
+    if "burst" in figs:
+        _burst(figs["burst"], add)
     if "queries" in figs:
         _queries(figs["queries"], add)
     if "storage" in figs:
@@ -177,6 +179,22 @@ def _memory(fig: dict, add) -> None:
             add(f"| {system} | {_f(entry['payload_mib'])} | {_f(entry['baseline_rss_mib'])} | {_f(entry['peak_rss_mib'])} | "
                 f"{_range(entry['peak_over_payload'], 2)} | {_range(entry['growth_over_payload'], 2)} | "
                 f"{entry['stored']}/{entry['attempts']} | {_f(entry['seconds'], 2)} |")
+    add("")
+
+
+def _burst(fig: dict, add) -> None:
+    add(f"#### 2b. Peak RSS of all workers during a burst of {_f(fig['payload_mib'])} MiB deliveries")
+    add("")
+    add("N deliveries sent at once to the archive (gunicorn.conf.py's workers and threads), each a distinct "
+        "message; peak = the highest sum of every worker's RSS, sampled every 5 ms. Slots: "
+        "LARGE_BODY_SLOTS (2 is the default; 0 turns the limit off).")
+    add("")
+    add("| slots | concurrent | workers | RSS before MiB | peak MiB | growth MiB | stored | seconds | slowest answer s |")
+    add("|---|---|---|---|---|---|---|---|---|")
+    for row in fig["rows"]:
+        add(f"| {row['slots']} | {row['concurrency']} | {row['workers']} | {_f(row['baseline_mib'])} | "
+            f"{_f(row['peak_mib'])} | {_f(row['growth_mib'])} | {row['stored']}/{row['concurrency']} | "
+            f"{_f(row['seconds'])} | {_f(row['slowest_s'])} |")
     add("")
 
 

@@ -10,6 +10,7 @@ from flask_cors import CORS
 from pymongo.errors import PyMongoError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from .admission import LargeBodyGate
 from .archive import Archive
 from .cli import register_commands
 from .config import Settings
@@ -73,6 +74,9 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
                                       timedelta(hours=settings.notify_max_hours))
     app.extensions["lockout"] = Lockout(database)
     app.extensions["spool"] = Spool(settings.spool_dir)
+    # The slot files live beside the spool: local disk, writable under the systemd unit.
+    app.extensions["large_bodies"] = LargeBodyGate(settings.spool_dir, settings.large_body_slots,
+                                                   settings.large_body_bytes, settings.large_body_wait)
     app.extensions["archive_gauges"] = ArchiveGauges(
         database, readers=[app.extensions["outbox"].publish_gauges, retention_gauges(database)])
     try:

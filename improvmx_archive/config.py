@@ -169,6 +169,9 @@ class Settings:
     domains: tuple[str, ...] = ()
     mongo_timeout_ms: int = 5000
     max_body_bytes: int = 70 * MB
+    large_body_bytes: int = 8 * MB  # bodies above this wait for one of large_body_slots
+    large_body_slots: int = 2  # per host; 0: no limit
+    large_body_wait: float = 60.0  # seconds a large body waits for a slot before going ahead
     trusted_proxy_count: int = 1
     webhook_secret: str = ""
     webhook_allowed_networks: tuple[ipaddress._BaseNetwork, ...] = ()
@@ -235,6 +238,9 @@ class Settings:
             domains=tuple(domain.lower().lstrip("@") for domain in _csv(env.get("DOMINIO"))),
             mongo_timeout_ms=int(_number(env, "MONGO_TIMEOUT_MS", 5000, 100)),
             max_body_bytes=_whole_megabytes(env, "MAX_BODY_MB", 70) * MB,
+            large_body_bytes=_whole_megabytes(env, "LARGE_BODY_MB", 8) * MB,
+            large_body_slots=int(_number(env, "LARGE_BODY_SLOTS", 2, 0)),
+            large_body_wait=_number(env, "LARGE_BODY_WAIT", 60, 0),
             trusted_proxy_count=int(_number(env, "TRUSTED_PROXY_COUNT", 1, 0)),
             webhook_secret=secret,
             webhook_allowed_networks=_networks(env, "WEBHOOK_ALLOWED_IPS"),

@@ -83,7 +83,12 @@ def read_payload() -> dict:
 @limiter.limit(configured_limit("RATELIMIT_WEBHOOK"), exempt_when=source_is_trusted_sender)
 def receive(secret: str | None = None):
     check_webhook_access(secret)
-    payload = read_payload()
+    # A large body waits here, still unread, until few enough are in memory on this host.
+    with current_app.extensions["large_bodies"].admit(request.content_length):
+        return _store(read_payload())
+
+
+def _store(payload: dict):
     archive = current_app.extensions["archive"]
     settings = current_app.config["SETTINGS"]
     try:
