@@ -61,6 +61,7 @@ ORIGINATOR_FIELDS = ("date", "from", "sender", "reply-to", "to", "cc", "message-
 FIELD_HEADERS = {"return-path": "Return-Path", "date": "Date", "from": "From", "sender": "Sender",
                  "to": "To", "cc": "Cc", "message-id": "Message-ID", "subject": "Subject"}
 ADDRESS_HEADERS = frozenset({"from", "sender", "to", "cc", "reply-to", "delivered-to", "return-path"})
+ADDRESS_LISTS = frozenset({"from", "to", "cc", "reply-to", "resent-from", "resent-to", "resent-cc"})
 
 HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # RFC 5322 ftext: printable ASCII except ':'
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]+")
@@ -131,19 +132,19 @@ def _scalar_text(value: Any) -> str | None:
 
 
 def _header_texts(name: str, value: Any) -> list[str]:
-    """One text per header line a stored value becomes (a list repeats the header)."""
-    items = value if isinstance(value, list) else [value]
+    """One text per header line a stored value becomes: a list repeats the header, except
+    that an address list is one header (RFC 5322 allows one To, Cc, Reply-To...)."""
     lower = name.lower()
+    if lower == "return-path":
+        found = [_clean_address(address["email"]) for address in parse_address_list(value)[0]]
+        return [f"<{found[0]}>"] if found and found[0] else []
+    if lower in ADDRESS_LISTS:
+        text = format_addresses(value)
+        return [text] if text else []
     texts = []
-    for item in items:
-        if lower in ADDRESS_HEADERS or (isinstance(item, dict) and "email" in item):
-            if lower == "return-path":
-                found = [_clean_address(address["email"]) for address in parse_address_list(item)[0]]
-                text = f"<{found[0]}>" if found and found[0] else None
-            else:
-                text = format_addresses(item)
-        else:
-            text = _scalar_text(item)
+    for item in value if isinstance(value, list) else [value]:
+        text = format_addresses(item) if lower in ADDRESS_HEADERS or isinstance(item, dict) and "email" in item \
+            else _scalar_text(item)
         if text is not None and one_line(text):
             texts.append(text)
     return texts
@@ -167,7 +168,7 @@ def header_lines(document: Mapping[str, Any]) -> list[tuple[str, str]]:
             text = _message_id(value)
             entries += [(name, text)] if text else []
         else:
-            entries += [(name, text) for text in _header_texts(name, value)]
+            entries += [(name, text) for text in _header_texts(name, value)[:1]]
     stored = document.get("headers")
     for name, value in (stored.items() if isinstance(stored, dict) else ()):
         name = str(name)

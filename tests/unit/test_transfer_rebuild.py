@@ -204,6 +204,37 @@ def test_hostile_stored_values_cannot_inject_headers_or_parts(app):
     assert raw.isascii()
 
 
+def test_single_fields_stay_single_whatever_shape_they_were_stored_in(app):
+    archive = app.extensions["archive"]
+    raw = _rebuilt(archive, archive.ingest({
+        "subject": ["first subject", "second subject"], "date": ["Tue, 10 Nov 2026 10:00:00 +0000", "later"],
+        "from": [{"name": "A", "email": "a@example.org"}], "to": "x@archive.test, y@archive.test",
+        "message-id": ["<one@x>", "<two@x>"], "text": "body"}).email_id)
+    parsed = email.message_from_bytes(raw, policy=policy.default)
+    for name in ("Subject", "Date", "From", "Message-ID"):
+        assert len(parsed.get_all(name)) == 1, name
+    assert parsed["Subject"] == "first subject" and parsed["Message-ID"] == "<one@x>"
+    assert [a.addr_spec for a in parsed["To"].addresses] == ["x@archive.test", "y@archive.test"]
+
+
+def test_an_address_list_is_one_header(app):
+    message = EmailMessage()
+    message["From"] = "a@example.org"
+    message["To"] = "One <one@archive.test>, two@archive.test, \"Three, Esq.\" <three@archive.test>"
+    message["Cc"] = "four@archive.test, five@archive.test"
+    message["Reply-To"] = "r1@example.org, r2@example.org"
+    message["Delivered-To"] = "one@archive.test"
+    message.set_content("body")
+    archive = app.extensions["archive"]
+    original = payload_from_mime(message.as_bytes())
+    # mailparse keeps only the first Reply-To address of a list; a stored list is one header too
+    original["headers"]["Reply-To"] = [{"name": None, "email": "r1@example.org"}, {"name": "R2", "email": "r2@example.org"}]
+    parsed = email.message_from_bytes(_rebuilt(archive, archive.ingest(original).email_id), policy=policy.default)
+    for name, count in (("To", 3), ("Cc", 2), ("Reply-To", 2)):
+        assert len(parsed.get_all(name)) == 1 and len(parsed[name].addresses) == count, name
+    assert parsed["To"].addresses[2].display_name == "Three, Esq."
+
+
 def test_unicode_names_subjects_and_filenames_are_encoded(app):
     message = EmailMessage()
     message["From"] = "Jürgen Müller <juergen@beispiel.example>"
