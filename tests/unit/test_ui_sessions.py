@@ -9,9 +9,10 @@ from datetime import datetime, timedelta, timezone
 import mongomock
 import pytest
 
+from improvmx_archive.config import ConfigError
 from improvmx_archive.ui import derive_secret_key
 from improvmx_archive.ui.sessions import COOKIE_NAME, key_fingerprint
-from tests.conftest import API_KEY, OTHER_KEY
+from tests.conftest import API_KEY, OTHER_KEY, make_settings
 from tests.ui_helpers import csrf_token, post_form, sign_in
 
 WRONG_KEY = "not-the-key-but-long-enough"
@@ -207,3 +208,13 @@ def test_opening_a_message_changes_nothing(app, client, stored_id):
                  f"/ui/emails/{stored_id}/parts/0"):
         assert client.get(path).status_code == 200
     assert app.extensions["archive"].emails.find_one() == before
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("UI_ENABLED", "maybe", "UI_ENABLED must be true or false"),
+    ("UI_SESSION_HOURS", "0", "UI_SESSION_HOURS must be at least 0.1"),
+    ("UI_SESSION_HOURS", "twelve", "UI_SESSION_HOURS must be a number"),
+])
+def test_ui_settings_are_validated_at_start(tmp_path, name, value, message):
+    with pytest.raises(ConfigError, match=message):
+        make_settings(tmp_path, **{name: value})
