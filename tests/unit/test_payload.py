@@ -94,3 +94,12 @@ def test_idempotency_key_ignores_timestamp_but_not_content():
     assert key == idempotency_key(normalise({**payload, "timestamp": 1}), ["d1"] * len(message.parts))
     assert key != idempotency_key(normalise({**payload, "subject": "other"}), ["d1"] * len(message.parts))
     assert key != idempotency_key(message, ["d2"] * len(message.parts))
+
+
+def test_snippet_skips_a_long_style_block_and_reads_only_what_it_needs():
+    html = "<html><head><style>" + "p { color: red; }\n" * 200 + "</style></head><body><p>" + \
+           "Hello there, " * 40 + "</p>" + "<p>more</p>" * 100_000 + "</body></html>"
+    snippet = make_snippet(None, html)
+    assert snippet.startswith("Hello there, Hello") and len(snippet) == 200 and "color" not in snippet
+    assert make_snippet("short text", None) == "short text"
+    assert make_snippet(None, "<p>tiny</p>") == "tiny"
