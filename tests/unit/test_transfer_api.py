@@ -353,16 +353,21 @@ def test_import_command_stops_with_exit_3_when_mongodb_goes_away(app, tmp_path, 
     assert len(calls) == 2
 
 
-def test_export_command_reports_a_message_it_cannot_rebuild_and_exports_the_rest(app, tmp_path, monkeypatch):
-    ids = _seed(app.extensions["archive"])
+def _unrebuildable(monkeypatch, email_id: str) -> None:
+    """Make one message fail to rebuild, as a bug met on hostile stored data would."""
     real_init = MessageSource.__init__
 
     def broken_for_one(self, archive, document):
-        if str(document["_id"]) == ids[1]:
+        if str(document["_id"]) == email_id:
             raise ValueError("unrebuildable")
         real_init(self, archive, document)
 
     monkeypatch.setattr(MessageSource, "__init__", broken_for_one)
+
+
+def test_export_command_reports_a_message_it_cannot_rebuild_and_exports_the_rest(app, tmp_path, monkeypatch):
+    ids = _seed(app.extensions["archive"])
+    _unrebuildable(monkeypatch, ids[1])
     output = tmp_path / "partial.mbox"
     result = app.test_cli_runner().invoke(args=["export", str(output)])
     assert result.exit_code == 1
@@ -373,14 +378,7 @@ def test_export_command_reports_a_message_it_cannot_rebuild_and_exports_the_rest
 
 def test_export_mbox_skips_and_logs_a_message_it_cannot_rebuild(app, client, auth, tmp_path, monkeypatch, caplog):
     ids = _seed(app.extensions["archive"])
-    real_init = MessageSource.__init__
-
-    def broken_for_one(self, archive, document):
-        if str(document["_id"]) == ids[0]:
-            raise ValueError("unrebuildable")
-        real_init(self, archive, document)
-
-    monkeypatch.setattr(MessageSource, "__init__", broken_for_one)
+    _unrebuildable(monkeypatch, ids[0])
     box = _mbox(tmp_path, client.get("/export.mbox", headers=auth).get_data())
     assert [m["Subject"] for m in box] == ["seed 1", "seed 2"]
     assert f"message skipped, it cannot be rebuilt email_id={ids[0]}" in caplog.text
