@@ -226,7 +226,9 @@ class Spool:
             except ValueError:
                 self._set_aside(path)
                 return "corrupt"
-            result = archive.ingest(payload, email_id=ObjectId(path.stem))
+            # The id was made when the webhook spooled it: that is when the mail arrived.
+            email_id = ObjectId(path.stem)
+            result = archive.ingest(payload, email_id=email_id, received_at=email_id.generation_time)
             path.unlink(missing_ok=True)
             _fsync_directory(self.directory)
             log.info("replayed spooled email_id=%s stored_as=%s duplicate=%s",

@@ -64,7 +64,7 @@ class RecordingArchive:
         self.delay = delay
         self.record_to = record_to
 
-    def ingest(self, payload, *, email_id: ObjectId):
+    def ingest(self, payload, *, email_id: ObjectId, received_at=None):
         if str(email_id) in self.fail_with:
             raise self.fail_with[str(email_id)]
         time.sleep(self.delay)
@@ -82,7 +82,7 @@ def _unavailable(*args, **kwargs):
 class Down:
     """An archive whose database is unreachable."""
 
-    def ingest(self, payload, *, email_id):
+    def ingest(self, payload, *, email_id, received_at=None):
         _unavailable()
 
 
@@ -251,13 +251,26 @@ def test_a_file_is_removed_only_after_its_message_is_stored(spool):
     seen_on_disk = []
 
     class Checking(RecordingArchive):
-        def ingest(self, payload, *, email_id):
+        def ingest(self, payload, *, email_id, received_at=None):
             seen_on_disk.append((spool.directory / f"{email_id}.json").exists())
             return super().ingest(payload, email_id=email_id)
 
     spool.replay(Checking())
     assert seen_on_disk == [True]
     assert not (spool.directory / f"{email_id}.json").exists()
+
+
+def test_a_replayed_message_keeps_the_time_it_was_spooled_not_the_replay_time(spool, app, sample_payload):
+    """Listings and retention must see mail that waited out an outage as received then."""
+    spooled_at = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=5)
+    email_id = ObjectId.from_datetime(spooled_at)
+    (spool.directory).mkdir(parents=True)
+    (spool.directory / f"{email_id}.json").write_text(json.dumps(sample_payload))
+    archive = app.extensions["archive"]
+    report = spool.replay(archive)
+    assert report.stored == [str(email_id)]
+    stored = archive.emails.find_one({"_id": email_id})
+    assert stored["received_at"].replace(tzinfo=timezone.utc) == spooled_at
 
 
 def test_should_stop_ends_replay_between_files(spool):
