@@ -32,6 +32,7 @@ from bson import ObjectId
 from pymongo import MongoClient
 
 from devtools import processes
+from improvmx_archive.admission import SLOT_NAME
 from improvmx_archive.archive import Archive
 from improvmx_archive.config import DEFAULT_LIMITS
 from improvmx_archive.maintenance import collect_orphans
@@ -216,9 +217,11 @@ def wait_for_empty_spool(deployment: Deployment, spool_dir: Path | None = None, 
 
 
 def assert_spool_clean(spool_dir: Path) -> None:
-    """No corrupt or half-written files: only the replay lock may remain."""
+    """No corrupt or half-written files: only the replay lock and the large-body slots
+    (admission.py) may remain."""
     leftovers = sorted(p.name for p in spool_dir.iterdir()) if spool_dir.exists() else []
-    assert set(leftovers) <= {".replay.lock"}, leftovers
+    slots = {SLOT_NAME.format(n) for n in range(len(leftovers))}
+    assert set(leftovers) <= {".replay.lock"} | slots, leftovers
 
 
 def stored_by_subject(database) -> dict[str, list[dict]]:
