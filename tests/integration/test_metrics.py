@@ -1,5 +1,5 @@
-"""GET /metrics in one process on SecantusDB (collStats is a server command mongomock
-lacks): its token, the names the issue lists, and the values moving with traffic.
+"""GET /metrics in one process on a real server (SecantusDB): its token, the names the issue
+lists, and the values moving with traffic.
 
 prometheus_client keeps one registry per process, so tests compare values before and after.
 """
@@ -17,13 +17,9 @@ WEBHOOK_SECRET = "metrics-secret-0123456789"
 
 
 @pytest.fixture
-def app(make_secantus_app):
-    return make_secantus_app(RATELIMIT_ENABLED="false")
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
+def app(secantus_app):
+    """conftest's `client` then talks to the app on the real server."""
+    return secantus_app
 
 
 def scrape(client, token=API_KEY) -> dict[tuple, float]:
