@@ -17,23 +17,21 @@ import atexit
 import logging
 import os
 import random
-import socket
 import threading
 import time
 from datetime import datetime, timedelta, timezone
 
 from bson import ObjectId
 from flask import Flask
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import PyMongoError
 
-from .db import DURABLE
 from .indexer import SearchIndexer
+from .lease import Lease
 from .notify import Notifier
 from .retention import Retention
 
 log = logging.getLogger(__name__)
 
-LEASES = "maintenance_leases"
 ORPHAN_GC_LEASE = "orphan-gc"
 RETENTION_LEASE = "retention"
 # Unreferenced blobs younger than this are kept: an ingest may be about to reference them,
@@ -45,38 +43,6 @@ SEARCH_INDEX_LEASE = "search-index"
 # outlasts a pass by far, so only a holder that died leaves indexing stalled (until expiry).
 SEARCH_PASS_SECONDS = 5.0
 SEARCH_LEASE_DURATION = timedelta(seconds=60)
-
-
-class Lease:
-    """A named lease in MongoDB: one holder at a time until it expires."""
-
-    def __init__(self, database, name: str):
-        self.leases = database.get_collection(LEASES, write_concern=DURABLE)
-        self.name = name
-        self.holder = f"{socket.gethostname()}:{os.getpid()}"
-        self._taken_at: datetime | None = None
-
-    def acquire(self, duration: timedelta) -> bool:
-        """Take the lease if it is free or expired; never waits. An unexpired lease makes the
-        upsert collide with the existing _id, which is how a refusal shows."""
-        now = datetime.now(timezone.utc)
-        try:
-            self.leases.find_one_and_update(
-                {"_id": self.name, "expires_at": {"$lte": now}},
-                {"$set": {"holder": self.holder, "taken_at": now, "expires_at": now + duration}},
-                upsert=True,
-            )
-        except DuplicateKeyError:
-            return False
-        self._taken_at = now
-        return True
-
-    def release(self) -> None:
-        """Let the next taker have the lease now, if it is still the one this object took."""
-        if self._taken_at is not None:
-            self.leases.update_one({"_id": self.name, "holder": self.holder, "taken_at": self._taken_at},
-                                   {"$set": {"expires_at": datetime.now(timezone.utc)}})
-            self._taken_at = None
 
 
 def remove_partial_uploads(database, grace: timedelta, bucket: str = "blobs") -> int:

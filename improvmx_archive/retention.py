@@ -1,6 +1,6 @@
 """Retention: delete mail older than RETENTION_DAYS, never mail on hold.
 
-A pass runs on one host at a time under a lease (maintenance.Lease, handed in), deletes in
+A pass runs on one host at a time under a lease (lease.Lease, handed in), deletes in
 bounded batches through the same Deleter as DELETE /emails/<id> (shared blobs stay for the
 messages still using them), stops after PASS_SECONDS, and records when it ran and what it
 removed in `retention_runs`, where GET / and the metrics read it. A pass that did not

@@ -17,7 +17,8 @@ from bson import ObjectId
 from improvmx_archive import metrics
 from improvmx_archive.archive import Archive
 from improvmx_archive.indexer import SearchIndexer
-from improvmx_archive.maintenance import Lease, collect_orphans
+from improvmx_archive.lease import Lease
+from improvmx_archive.maintenance import collect_orphans
 from improvmx_archive.retention import Retention
 from tests.payloads import message_with_attachment
 

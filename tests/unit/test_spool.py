@@ -41,8 +41,8 @@ from pymongo.errors import (
 from improvmx_archive.archive import IngestResult
 from improvmx_archive.config import ConfigError
 from improvmx_archive.db import DatabaseUnavailable, create_indexes
+from improvmx_archive.lease import Lease
 from improvmx_archive.maintenance import (
-    Lease,
     Maintenance,
     collect_orphans,
     remove_partial_uploads,
