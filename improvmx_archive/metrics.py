@@ -5,8 +5,8 @@ each service start, so prometheus_client keeps every worker's values in files th
 scrape sums them (counters, histograms) or takes the newest (gauges read from MongoDB).
 Without it (flask commands, tests) the values are this process's own.
 
-Archive-wide gauges are read from MongoDB at most every 30 s per worker (the message count,
-from metadata) and every 5 minutes (bytes by kind: one aggregation each, see usage.py); each
+Archive-wide gauges are read from MongoDB at most every 30 s per worker: the message count
+from metadata, bytes by kind from the snapshot usage.py recomputes every 5 minutes; each
 worker publishes what it read as a 'mostrecent' gauge, so a scrape on any worker reports the
 newest value any worker read. Spool gauges are read from
 the host's spool directory on every scrape (a directory listing).
@@ -24,12 +24,11 @@ from flask import Flask, g, request
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
-from .usage import storage_usage
+from .usage import current_usage
 
 log = logging.getLogger(__name__)
 
 ARCHIVE_REFRESH_SECONDS = 30.0
-USAGE_REFRESH_SECONDS = 300.0
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 WEBHOOK_ENDPOINT = "webhook.receive"
 # Seconds: a small message is stored in milliseconds, a 50 MB one in seconds.
@@ -102,12 +101,11 @@ class ArchiveGauges:
     """Refresh the MongoDB-derived gauges when this worker's copy is older than 30 s."""
 
     def __init__(self, database, readers: list[Callable[[], None]] | None = None,
-                 interval: float = ARCHIVE_REFRESH_SECONDS, usage_interval: float = USAGE_REFRESH_SECONDS):
+                 interval: float = ARCHIVE_REFRESH_SECONDS):
         self.database = database
         self.readers = readers or []
         self.interval = interval
-        self.usage_interval = usage_interval
-        self._next = self._next_usage = 0.0
+        self._next = 0.0
         self._lock = threading.Lock()
 
     def refresh_if_due(self) -> None:
@@ -118,11 +116,9 @@ class ArchiveGauges:
             self._next = now + self.interval  # also after a failure: an outage must not slow every scrape
             try:
                 ARCHIVE_MESSAGES.set(self.database.emails.estimated_document_count())
-                if now >= self._next_usage:
-                    self._next_usage = now + self.usage_interval
-                    usage = storage_usage(self.database)
-                    ARCHIVE_BYTES.labels(kind="body").set(usage["bodies"])
-                    ARCHIVE_BYTES.labels(kind="attachments").set(usage["attachments"])
+                usage = current_usage(self.database)
+                ARCHIVE_BYTES.labels(kind="body").set(usage["bodies"])
+                ARCHIVE_BYTES.labels(kind="attachments").set(usage["attachments"])
                 for read in self.readers:
                     read()
             except Exception as error:  # noqa: BLE001 - a failed read (outage, a role without collStats,

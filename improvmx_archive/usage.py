@@ -3,12 +3,22 @@ really keeps. One answer for the metrics and the UI's overview.
 
 Parts are counted wherever they are kept: small ones ride inline in the message document,
 larger ones live once per digest in GridFS, so "what deduplication saved" compares the
-GridFS-backed parts and bodies with the blobs actually stored. Each figure is one
-aggregation over the collection: callers cache the answer (a few minutes), never per request.
+GridFS-backed parts and bodies with the blobs actually stored. The figures take several
+aggregations over the whole archive, so they are computed at most every few minutes by one
+worker on one host (under a lease) and kept in MongoDB, where every reader finds them.
 Plain $unwind/$match/$group only: SecantusDB, unlike MongoDB, does not sum an array in $project.
 """
 
 from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from .lease import Lease
+
+SNAPSHOTS = "archive_usage"
+SNAPSHOT_ID = "storage"
+USAGE_LEASE = "archive-usage"
+REFRESH_EVERY = timedelta(minutes=5)
 
 PART_KINDS = ("attachments", "inlines")
 SPILLED_BODIES = ("bodies.text", "bodies.html", "overflow")
@@ -39,3 +49,19 @@ def storage_usage(database) -> dict[str, int]:
     blob_bytes = _total(database["blobs.files"], [], "$length")
     return {"bodies": max(0, total - parts), "attachments": parts, "blob_bytes": blob_bytes,
             "dedup_saved": max(0, gridfs_backed - blob_bytes)}
+
+
+def current_usage(database, max_age: timedelta = REFRESH_EVERY) -> dict[str, int]:
+    """The newest storage figures, recomputed when older than max_age by whichever caller
+    takes the lease; the others keep answering with the previous figures meanwhile."""
+    snapshots = database[SNAPSHOTS]
+    snapshot = snapshots.find_one({"_id": SNAPSHOT_ID})
+    now = datetime.now(timezone.utc)
+    if snapshot is not None:
+        computed_at = snapshot["computed_at"]
+        computed_at = computed_at if computed_at.tzinfo else computed_at.replace(tzinfo=timezone.utc)
+        if computed_at > now - max_age or not Lease(database, USAGE_LEASE).acquire(max_age):
+            return snapshot["usage"]
+    usage = storage_usage(database)
+    snapshots.replace_one({"_id": SNAPSHOT_ID}, {"usage": usage, "computed_at": now}, upsert=True)
+    return usage

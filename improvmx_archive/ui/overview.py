@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from flask import current_app, render_template
 
-from ..usage import storage_usage
+from ..usage import current_usage
 from .blueprint import bp, signed_in
 from .stats import DAYS_CHARTED, biggest_senders, messages_per_day, processed_counts
 
@@ -39,7 +39,7 @@ def overview():
         "ui/overview.html",
         chart=_chart(days),
         total_month=sum(count for _, count in days),
-        storage=cache.get("storage", lambda: storage_usage(database)),
+        storage=current_usage(database),
         senders=cache.get("senders", lambda: biggest_senders(emails, since)),
         counts=processed_counts(emails),
         spool=current_app.extensions["spool"].status(),

@@ -13,7 +13,7 @@ def test_a_failed_archive_read_does_not_fail_the_scrape(client, auth, sample_pay
     def refused(database):
         raise OperationFailure("not authorized on webmail_improvmx to execute command", 13)
 
-    monkeypatch.setattr(metrics, "storage_usage", refused)
+    monkeypatch.setattr(metrics, "current_usage", refused)
     client.post("/webhook", json=sample_payload)
     with caplog.at_level(logging.WARNING, logger="improvmx_archive.metrics"):
         response = client.get("/metrics", headers=auth)

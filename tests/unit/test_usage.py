@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime, timedelta, timezone
 
+import pytest
+
+from improvmx_archive.lease import Lease
 from improvmx_archive.parts import INLINE_PART_LIMIT
 from improvmx_archive.usage import storage_usage
 from tests.payloads import message_with_attachment
@@ -29,3 +33,26 @@ def test_inline_and_gridfs_parts_are_counted_and_only_gridfs_dedup_is_claimed(ap
 def test_an_empty_archive_holds_nothing(app):
     assert storage_usage(app.extensions["archive"].database) == {
         "bodies": 0, "attachments": 0, "blob_bytes": 0, "dedup_saved": 0}
+
+
+def test_the_snapshot_is_reused_until_it_is_stale(app, monkeypatch):
+    from improvmx_archive import usage
+
+    database = app.extensions["archive"].database
+    computed = []
+    monkeypatch.setattr(usage, "storage_usage", lambda db: computed.append(1) or {"bodies": len(computed)})
+    assert usage.current_usage(database) == {"bodies": 1}
+    assert usage.current_usage(database) == {"bodies": 1}
+    assert len(computed) == 1
+    assert usage.current_usage(database, max_age=timedelta(0)) == {"bodies": 2}
+
+
+def test_a_stale_snapshot_is_served_while_another_worker_recomputes(app, monkeypatch):
+    from improvmx_archive import usage
+
+    database = app.extensions["archive"].database
+    database[usage.SNAPSHOTS].insert_one({"_id": usage.SNAPSHOT_ID, "usage": {"bodies": 7},
+                                          "computed_at": datetime.now(timezone.utc) - timedelta(hours=1)})
+    assert Lease(database, usage.USAGE_LEASE).acquire(timedelta(minutes=5))  # someone else is on it
+    monkeypatch.setattr(usage, "storage_usage", lambda db: pytest.fail("computed twice at once"))
+    assert usage.current_usage(database) == {"bodies": 7}
