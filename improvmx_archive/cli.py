@@ -195,6 +195,9 @@ def notify_status_command(list_all: bool):
     for row in outbox.backlog():
         oldest = f", oldest queued {_iso(row['oldest'])}" if row.get("oldest") else ""
         click.echo(f"  {row['receiver']}: {row['status']} {row['count']}{oldest}")
+    orphaned = outbox.orphaned()
+    if orphaned:
+        click.echo(f"for receivers no longer in NOTIFY_URL (never sent, not counted above): {orphaned}")
     failed = outbox.failed(None if list_all else SPOOL_LISTED)
     for item in failed:
         click.echo(f"  failed {item['_id']}  {item['receiver']}  attempts {item['attempts']}  "

@@ -179,13 +179,23 @@ class Outbox:
         return self.outbox.update_many({"status": FAILED}, {"$set": {
             "status": PENDING, "next_attempt_at": now, "give_up_at": now + self.max_age}}).modified_count
 
+    def _configured(self) -> dict[str, Any]:
+        return {"url_id": {"$in": [receiver_id(url) for url in self.urls]}}
+
     def counts(self) -> dict[str, int]:
-        """Notifications by state; `unsent` are stored messages not yet fanned out."""
+        """Notifications by state for the receivers in NOTIFY_URL; `unsent` are stored
+        messages not yet fanned out. Entries of a receiver since removed are `orphaned`:
+        nothing will send them, so they must not hold the backlog gauge (and its alert) up."""
         return {
             "unsent": self.emails.count_documents({PENDING_FIELD: True}),
-            PENDING: self.outbox.count_documents({"status": PENDING}),
-            FAILED: self.outbox.count_documents({"status": FAILED}),
+            PENDING: self.outbox.count_documents({"status": PENDING, **self._configured()}),
+            FAILED: self.outbox.count_documents({"status": FAILED, **self._configured()}),
         }
+
+    def orphaned(self) -> int:
+        """Queued or failed notifications of receivers no longer in NOTIFY_URL."""
+        return self.outbox.count_documents({"status": {"$in": [PENDING, FAILED]},
+                                            "url_id": {"$nin": [receiver_id(url) for url in self.urls]}})
 
     def backlog(self) -> list[dict[str, Any]]:
         """Queued and failed notifications per receiver, with the oldest's creation time."""

@@ -128,3 +128,18 @@ def test_without_notify_url_nothing_is_marked(make_app, sample_payload):
 def test_notification_settings_are_checked_at_start(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         make_settings(tmp_path, **overrides)
+
+
+def test_a_receiver_removed_from_notify_url_no_longer_holds_the_backlog_up(app, make_app, client, outbox,
+                                                                          sample_payload):
+    client.post("/webhook", json=sample_payload)
+    outbox.fan_out()
+    assert outbox.counts()["pending"] == 2
+    # The same database after a restart with one receiver left in NOTIFY_URL.
+    restarted = make_app(mongo_client=app.extensions["mongo_client"], RATELIMIT_ENABLED="false",
+                         NOTIFY_URL=OTHER_URL, NOTIFY_SECRET=SECRET)
+    remaining = restarted.extensions["outbox"]
+    assert remaining.counts() == {"unsent": 0, "pending": 1, "failed": 0}
+    assert remaining.orphaned() == 1
+    result = restarted.test_cli_runner().invoke(args=["notify", "status"])
+    assert "for receivers no longer in NOTIFY_URL (never sent, not counted above): 1" in result.output
