@@ -185,7 +185,7 @@ def _memory(fig: dict, add) -> None:
 def _burst(fig: dict, add) -> None:
     add(f"#### 2b. Peak RSS of all workers during a burst of {_f(fig['payload_mib'])} MiB deliveries")
     add("")
-    add("N deliveries sent at once to the archive (gunicorn.conf.py's workers and threads), each a distinct "
+    add("N deliveries sent at once to the archive (the run's workers, 4 threads each), each a distinct "
         "message; peak = the highest sum of every worker's RSS, sampled every 5 ms. Slots: "
         "LARGE_BODY_SLOTS (2 is the default; 0 turns the limit off).")
     add("")
