@@ -254,3 +254,12 @@ def test_a_message_that_cannot_be_indexed_is_set_aside_not_retried_forever(app, 
     monkeypatch.undo()
     app.test_cli_runner().invoke(args=["reindex"])
     assert "search_error" not in emails.find_one({"_id": ObjectId(bad)})
+
+
+def test_cursor_pages_keep_the_date_bounds(app, client, auth, corpus):
+    emails = app.extensions["database"].emails
+    emails.update_one({"_id": ObjectId(corpus["invoice"])},
+                      {"$set": {"received_at": datetime(2020, 1, 1, tzinfo=timezone.utc)}})
+    pages = _walk(client, auth, limit=1, since="2021-01-01", q="-before:2021-01-01")
+    assert pages == [corpus[n] for n in ("newsletter", "cjk", "cyrillic", "resume")]
+    assert _walk(client, auth, limit=2, until="2021-01-01") == [corpus["invoice"]]
