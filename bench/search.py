@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from .harness import API_KEY, Bench, Client, auth, median, percentile, spread
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 FIGURE = "search"
+_DEPTH = re.compile(r"depth \d+")
 
 
 def queries(sample: dict) -> list[tuple[str, dict]]:
@@ -160,7 +162,7 @@ def query_figure(bench: Bench, sizes: list[int], reps: int, seed_value: int, log
         with bench.running(("ours",), FIGURE) as servers:
             port = servers["ours"].port
             measured = _measure(port, cases, reps)
-            depth = min(2000, size // 2)
+            depth = min(2000, size // 2)  # N in the tables: half the archive, at most 2,000
             client = Client(port, timeout=900)
             deep = _deep_cursor(client, {"q": "the"}, depth)
             client.close()
@@ -223,6 +225,48 @@ def ingest_figure(bench: Bench, commits: list[str], count: int, rounds: int, see
             "second_over_first": round(after / before, 3)}
 
 
+def render(results: dict) -> str:
+    """The markdown tables BENCHMARKS.md shows, from a results file."""
+    lines: list[str] = []
+    figure = results.get("queries") or {}
+    sizes = [key for key in figure if key.isdigit()]
+    if sizes:
+        lines += ["| indexing (background pass, in-process) | " + " | ".join(f"{int(s):,} msgs" for s in sizes) + " |",
+                  "|---|" + "---|" * len(sizes)]
+        lines.append("| messages/s | " + " | ".join(str(figure[s]["indexing"]["per_s"]) for s in sizes) + " |")
+        lines.append("| tokens per message, avg (max) | " + " | ".join(
+            f"{figure[s]['indexing']['tokens_per_message']['avg']} ({figure[s]['indexing']['tokens_per_message']['max']})"
+            for s in sizes) + " |")
+        lines.append("| vocabulary (search_terms) | " + " | ".join(
+            f"{figure[s]['indexing']['vocabulary']:,}" for s in sizes) + " |")
+        lines += ["", "| query (limit 10) | " + " | ".join(f"p50 / p95 ms @{int(s):,} (total)" for s in sizes) + " |",
+                  "|---|" + "---|" * len(sizes)]
+        rows = {size: {_DEPTH.sub("depth N", name): row
+                       for name, row in {**figure[size]["queries"], **figure[size]["paging"]}.items()}
+                for size in sizes}
+        for name in rows[sizes[0]]:
+            cells = ["–" if rows[size].get(name) is None else
+                     f"{rows[size][name]['p50_ms']:,} / {rows[size][name]['p95_ms']:,} ({rows[size][name]['total']})"
+                     for size in sizes]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", "| query | filter MongoDB gets | hint | winning plan (SecantusDB explain) | keys / docs examined |",
+                  "|---|---|---|---|---|"]
+        for name, entry in figure["explain"].items():
+            shown = json.dumps(entry["filter"], ensure_ascii=False).replace("|", "\\|")
+            lines.append(f"| {name} | `{shown}` | {entry['hint'] or '–'} | {entry['plan']} | "
+                         f"{entry['keys_examined']} / {entry['docs_examined']} |")
+    ingest = results.get("ingest")
+    if ingest:
+        first, second = ingest["commits"]
+        lines += ["", f"| Archive.ingest, {ingest['messages']} small messages, {ingest['rounds']} rounds | "
+                      "median msg/s | min–max |", "|---|---|---|"]
+        for commit in (first, second):
+            rate = ingest["per_s"][commit]
+            lines.append(f"| {commit} | {rate['median']:.0f} | {rate['min']:.0f}–{rate['max']:.0f} |")
+        lines.append(f"| {second} / {first} | {ingest['second_over_first']} | |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -234,7 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ingest-rounds", type=int, default=4)
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--out", type=Path, default=RESULTS / "search.json")
+    parser.add_argument("--report", type=Path, nargs="+", metavar="JSON", help="only render saved results")
     args = parser.parse_args(argv)
+    if args.report:
+        for path in args.report:
+            print(render(json.loads(path.read_text())) + "\n")
+        return 0
     started = time.time()
 
     def log(message: str) -> None:
@@ -253,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         results["seconds"] = round(time.time() - started)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1, default=str))
+        print(render(results))
         log(f"done: {args.out}")
     finally:
         bench.close()
