@@ -61,14 +61,6 @@ def present(document: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
-def build_query() -> dict[str, Any]:
-    """The MongoDB filter of this request's plain list parameters, without q, exactly as
-    before q existed: kept for the callers written against it (the UI's box gives q its own
-    meaning). New code lists through parse_filters and Archive.list_page."""
-    plain = {name: value for name, value in request.args.items() if name != "q"}
-    return current_app.extensions["archive"].filter_for(parse_filters(plain))
-
-
 @bp.get("/emails")
 @require_api_key
 @limiter.limit(configured_limit("RATELIMIT_LIST"))
