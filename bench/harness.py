@@ -379,7 +379,6 @@ def _git_head() -> str:
 def environment_facts(mongo: str) -> dict:
     """The machine the figures come from."""
     import platform
-    import subprocess
 
     import pymongo
 

@@ -16,7 +16,6 @@ py-spy samples time, not memory: memory figures come from `python -m bench --onl
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import subprocess

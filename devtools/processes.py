@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-from signal import SIGKILL, SIGTERM
+from signal import SIGTERM
 import socket
 import subprocess
 import sys

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import re
-import signal
 import subprocess
 from datetime import timedelta
 from types import SimpleNamespace
