@@ -38,6 +38,7 @@ from .archive import IngestResult, index_hint
 from .db import DatabaseUnavailable
 from .payload import parse_address_list
 from .sample import payload_from_mime
+from .times import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +195,6 @@ def header_lines(document: Mapping[str, Any]) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------
 # The MIME rebuild
 # ---------------------------------------------------------------------------------------------
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _part_type(record: Mapping[str, Any]) -> str:
@@ -403,7 +401,7 @@ def rebuild_message(archive, email_id: str, linesep: bytes = b"\r\n") -> Iterato
 def eml_filename(document: Mapping[str, Any]) -> str:
     """`<received_at>-<id>.eml`: sorts by arrival in a file manager, unique by id."""
     received = document.get("received_at")
-    stamp = _aware(received).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ") if isinstance(received, datetime) \
+    stamp = as_utc(received).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ") if isinstance(received, datetime) \
         else "00000000T000000Z"
     return f"{stamp}-{document['_id']}.eml"
 
@@ -416,7 +414,7 @@ def mbox_separator(document: Mapping[str, Any]) -> bytes:
     """`From <sender> <asctime>`: the sender without spaces, the time in UTC."""
     sender = ADDRESS_SPECIALS.sub("", str(document.get("from_email") or "")).encode("ascii", "ignore").decode()
     received = document.get("received_at")
-    moment = _aware(received).astimezone(timezone.utc) if isinstance(received, datetime) else datetime.now(timezone.utc)
+    moment = as_utc(received).astimezone(timezone.utc) if isinstance(received, datetime) else datetime.now(timezone.utc)
     return f"From {sender or 'MAILER-DAEMON'} {time.asctime(moment.timetuple())}\n".encode()
 
 
@@ -514,7 +512,7 @@ class ParsedImport:
 def _plausible(moment: datetime | None) -> datetime | None:
     if moment is None:
         return None
-    moment = _aware(moment).astimezone(timezone.utc)
+    moment = as_utc(moment).astimezone(timezone.utc)
     if moment.year < 1970 or moment > datetime.now(timezone.utc) + FUTURE_TOLERANCE:
         return None
     return moment

@@ -40,6 +40,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from . import metrics
 from .db import DURABLE, NOTIFY_PENDING_FIELD, OUTBOX
+from .times import api_time, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,6 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={digest}"
 
 
-def _iso(moment: datetime) -> str:
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def event_body(message: dict[str, Any], public_url: str) -> bytes:
     """The JSON POSTed for one stored message, fixed at fan-out so every retry sends it unchanged."""
     email_id = str(message["_id"])
@@ -93,7 +89,7 @@ def event_body(message: dict[str, Any], public_url: str) -> bytes:
     return json.dumps({
         "event": EVENT,
         "email_id": email_id,
-        "received_at": _iso(message["received_at"]),
+        "received_at": api_time(message["received_at"]),
         "from": message.get("from_email"),
         "to": message.get("to_emails") or [],
         "subject": subject if isinstance(subject, str) else None,
@@ -165,7 +161,7 @@ class Outbox:
         now = datetime.now(timezone.utc)
         if attempt.delivered:
             result, update = DELIVERED, {"status": DELIVERED, "delivered_at": now}
-        elif now >= _aware(item["give_up_at"]):
+        elif now >= as_utc(item["give_up_at"]):
             result, update = FAILED, {"status": FAILED, "failed_at": now}
         else:
             result, update = "retry", {"next_attempt_at": now + backoff(item["attempts"])}
@@ -217,9 +213,6 @@ class Outbox:
         metrics.NOTIFICATIONS_PENDING.set(counts["unsent"] + counts[PENDING])
         metrics.NOTIFICATIONS_FAILED.set(counts[FAILED])
 
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def deliver(session: requests.Session, url: str, secret: str, item: dict[str, Any]) -> Attempt:

@@ -18,6 +18,7 @@ from flask import Flask, current_app, request
 from pymongo.errors import PyMongoError
 
 from .errors import MESSAGES, ApiError
+from .times import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class Lockout:
         """When the block on ip ends, or None. Compared here, not left to TTL timing."""
         now = datetime.now(timezone.utc)
         found = self.blocks.find_one({"_id": ip, "until": {"$gt": now}})
-        return _aware(found["until"]) if found else None
+        return as_utc(found["until"]) if found else None
 
     def record_failure(self, ip: str) -> None:
         """Count one failure; the one that reaches max_failures within window starts a block."""
@@ -57,9 +58,6 @@ class Lockout:
         self.blocks.update_one({"_id": ip}, {"$max": {"until": until}}, upsert=True)
         log.warning("blocked ip=%s after %d failed attempts until=%s", ip, recent, until.isoformat())
 
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def retry_after(until: datetime) -> dict[str, str]:

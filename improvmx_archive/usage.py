@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from .lease import Lease
+from .times import as_utc
 
 SNAPSHOTS = "archive_usage"
 SNAPSHOT_ID = "storage"
@@ -58,9 +59,7 @@ def current_usage(database, max_age: timedelta = REFRESH_EVERY) -> dict[str, int
     snapshot = snapshots.find_one({"_id": SNAPSHOT_ID})
     now = datetime.now(timezone.utc)
     if snapshot is not None:
-        computed_at = snapshot["computed_at"]
-        computed_at = computed_at if computed_at.tzinfo else computed_at.replace(tzinfo=timezone.utc)
-        if computed_at > now - max_age or not Lease(database, USAGE_LEASE).acquire(max_age):
+        if as_utc(snapshot["computed_at"]) > now - max_age or not Lease(database, USAGE_LEASE).acquire(max_age):
             return snapshot["usage"]
     usage = storage_usage(database)
     snapshots.replace_one({"_id": SNAPSHOT_ID}, {"usage": usage, "computed_at": now}, upsert=True)

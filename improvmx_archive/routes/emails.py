@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +18,7 @@ from ..parts import INLINE_DATA
 from ..ratelimit import configured_limit, limiter
 from ..retention import set_hold
 from ..security import require_api_key
+from ..times import api_time
 
 bp = Blueprint("emails", __name__)
 
@@ -30,10 +31,7 @@ INTERNAL_FIELDS = {"idempotency_key", "blob_ids", "subject_lower", "subject_trig
 
 
 def _iso(value: Any) -> Any:
-    if isinstance(value, datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-    return value
+    return api_time(value) if isinstance(value, datetime) else value
 
 
 def _part_view(email_id: str, record: dict[str, Any], position: int) -> dict[str, Any]:

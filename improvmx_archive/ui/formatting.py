@@ -5,24 +5,23 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from ..times import as_utc
+
 _UNITS = ("B", "KB", "MB", "GB", "TB")
 
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def exact_utc(moment: Any) -> str:
     if not isinstance(moment, datetime):
         return ""
-    return _aware(moment).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return as_utc(moment).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def relative_time(moment: Any, now: datetime | None = None) -> str:
     """"just now", "5 min ago", "3 h ago", "yesterday", "4 days ago", then the date."""
     if not isinstance(moment, datetime):
         return ""
-    moment = _aware(moment)
+    moment = as_utc(moment)
     seconds = ((now or datetime.now(timezone.utc)) - moment).total_seconds()
     if seconds < 60:
         return "just now"

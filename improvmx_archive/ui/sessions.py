@@ -14,6 +14,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from ..times import as_utc
+
 COOKIE_NAME = "ui_session"
 COOKIE_PATH = "/ui"
 _FINGERPRINT_CONTEXT = b"improvmx-archive ui session key v1"
@@ -27,9 +29,6 @@ def key_fingerprint(key: str) -> str:
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ class UiSessions:
         document = self.collection.find_one({"_id": session_id})
         if document is None:
             return None
-        expires_at = _aware(document["expires_at"])
+        expires_at = as_utc(document["expires_at"])
         if expires_at <= datetime.now(timezone.utc) or document.get("key_fingerprint") not in self.fingerprints:
             self.collection.delete_one({"_id": session_id})
             return None
