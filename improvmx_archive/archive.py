@@ -442,8 +442,12 @@ class Archive:
         removed = 0
         candidates = self.database["blobs.files"].find({"uploadDate": {"$lt": cutoff}}, {"_id": 1})
         while batch := [blob["_id"] for blob in itertools.islice(candidates, GC_BATCH)]:
-            referenced = blobrefs.still_referenced(self.emails, batch)
-            for blob_id in batch:
-                if blob_id not in referenced and self.blobs.delete_if_unused(blob_id, cutoff):
-                    removed += 1
+            removed += self.release_unreferenced(batch, cutoff)
         return removed
+
+    def release_unreferenced(self, blob_ids: list[ObjectId], cutoff: datetime) -> int:
+        """Delete those of these blobs no message references (one query of the blob_ids
+        index for the lot) and no ingest reused since cutoff; returns how many went. Callers
+        make sure every message has its blob_ids first."""
+        referenced = blobrefs.still_referenced(self.emails, blob_ids)
+        return sum(self.blobs.delete_if_unused(blob_id, cutoff) for blob_id in blob_ids if blob_id not in referenced)

@@ -101,10 +101,7 @@ class Deleter:
         candidates = list(dict.fromkeys(blob_ids))
         if not candidates or not self._all_blob_refs_known():
             return 0
-        referenced = blobrefs.still_referenced(self.archive.emails, candidates)
-        cutoff = datetime.now(timezone.utc) - IN_FLIGHT_GRACE
-        return sum(self.archive.blobs.delete_if_unused(blob_id, cutoff)
-                   for blob_id in candidates if blob_id not in referenced)
+        return self.archive.release_unreferenced(candidates, datetime.now(timezone.utc) - IN_FLIGHT_GRACE)
 
     def _all_blob_refs_known(self) -> bool:
         if not self._blob_refs_complete:
