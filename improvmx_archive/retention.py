@@ -22,6 +22,7 @@ from pymongo.errors import PyMongoError
 from . import metrics
 from .db import DURABLE, RETENTION_RUNS
 from .deletion import DELETION_FIELDS, NOT_HELD
+from .times import api_time
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def status(database, settings) -> dict[str, Any]:
     return {
         "days": settings.retention_days or None,
         "keep_unprocessed": settings.retention_keep_unprocessed,
-        "last_run_at": ran["finished_at"].astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if ran else None,
+        "last_run_at": api_time(ran["finished_at"]) if ran else None,
         "last_deleted": ran["deleted"] if ran else None,
     }
 

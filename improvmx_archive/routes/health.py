@@ -13,12 +13,13 @@ from ..indexer import backlog
 from ..ratelimit import configured_limit, limiter
 from ..retention import status as retention_status
 from ..security import require_api_key
+from ..times import api_time
 
 bp = Blueprint("health", __name__)
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return api_time(datetime.now(timezone.utc))
 
 
 @bp.get("/")

@@ -13,6 +13,7 @@ from ..ratelimit import configured_limit, limiter
 from ..security import require_api_key
 from ..mailio import NotAMessage, import_raw, mbox_export, rebuild_message
 from ..listing import parse_filters
+from ..times import api_time
 from .emails import content_disposition
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def import_message():
         return jsonify(success=True, email_id=result.email_id, duplicate=False, deleted=True,
                        message="Email was deleted; not imported again")
     response = jsonify(success=True, email_id=result.email_id, duplicate=result.duplicate,
-                       received_at=parsed.received_at.isoformat().replace("+00:00", "Z"),
+                       received_at=api_time(parsed.received_at),
                        message="Email already stored" if result.duplicate else "Email imported")
     response.status_code = 200 if result.duplicate else 201
     return response
