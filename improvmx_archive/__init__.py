@@ -10,6 +10,9 @@ from flask_cors import CORS
 from pymongo.errors import PyMongoError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from .access.authn import Authenticator
+from .access.keys import Keys
+from .access.people import People
 from .admission import LargeBodyGate
 from .archive import Archive
 from .cli import register_commands
@@ -73,6 +76,10 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
     app.extensions["outbox"] = Outbox(database, settings.notify_urls, settings.public_url,
                                       timedelta(hours=settings.notify_max_hours))
     app.extensions["lockout"] = Lockout(database)
+    app.extensions["people"] = People(database)
+    app.extensions["keys"] = Keys(database)
+    app.extensions["authenticator"] = Authenticator(settings.api_keys, app.extensions["people"],
+                                                    app.extensions["keys"])
     app.extensions["spool"] = Spool(settings.spool_dir)
     # The slot files live beside the spool: local disk, writable under the systemd unit.
     app.extensions["large_bodies"] = LargeBodyGate(settings.spool_dir, settings.large_body_slots,
@@ -81,6 +88,8 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
         database, readers=[app.extensions["outbox"].publish_gauges, retention_gauges(database)])
     try:
         app.extensions["archive"].ensure_indexes()
+        app.extensions["people"].ensure_indexes()
+        app.extensions["keys"].ensure_indexes()
     except PyMongoError:
         log.warning("MongoDB unreachable at start-up; indexes will be created by `flask create-indexes` "
                     "or the next start")

@@ -12,6 +12,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from collections.abc import Mapping
 from typing import Any
 
 import bson
@@ -28,6 +29,7 @@ from pymongo.errors import (
 )
 
 from . import blobrefs
+from .audience import UNRESTRICTED
 from .db import ACKNOWLEDGED, DURABLE, DatabaseUnavailable, create_indexes
 from .deletion import Deleter
 from .indexer import Vocabulary, pending_marker
@@ -59,7 +61,7 @@ GC_BATCH = 500  # candidate blobs checked per query of the blob_ids index
 DEFAULT_TOMBSTONE_PERIOD = timedelta(days=7)
 SUMMARY_EXCLUDE = {"text": 0, "html": 0, "headers": 0, "overflow": 0, "bodies": 0, "blob_ids": 0,
                    f"attachments.{INLINE_DATA}": 0, f"inlines.{INLINE_DATA}": 0,
-                   "tokens": 0, "search": 0, "subject_trigrams": 0}
+                   "tokens": 0, "search": 0, "subject_trigrams": 0, "audience": 0}
 
 
 def _database_unavailable(error: PyMongoError) -> bool:
@@ -300,11 +302,12 @@ class Archive:
         document["flags"].append("overflow")
         return document
 
-    def find(self, email_id: str) -> dict[str, Any] | None:
-        """One whole message with bodies restored, or None for an unknown or malformed id."""
+    def find(self, email_id: str, within: Mapping[str, Any] = UNRESTRICTED) -> dict[str, Any] | None:
+        """One whole message with bodies restored, or None for an unknown or malformed id or
+        one outside `within` (a visibility filter: the same query either way)."""
         if not ObjectId.is_valid(email_id):
             return None
-        document = self.emails.find_one({"_id": ObjectId(email_id)})
+        document = self.emails.find_one({"_id": ObjectId(email_id), **within})
         if document is None:
             return None
         for body, info in document.pop("bodies", {}).items():
@@ -335,10 +338,11 @@ class Archive:
         hint = index_hint(query)
         return self.emails.count_documents(query, hint=hint) if hint else self.emails.count_documents(query)
 
-    def filter_for(self, filters: Filters) -> dict[str, Any]:
-        """The MongoDB filter of a listing: the plain parameters, the `q` driver as the one
-        top-level `tokens` condition, every other search condition under $and."""
-        query = dict(filters.query)
+    def filter_for(self, filters: Filters, within: Mapping[str, Any] = UNRESTRICTED) -> dict[str, Any]:
+        """The MongoDB filter of a listing: the plain parameters and the visibility filter
+        `within`, the `q` driver as the one top-level `tokens` condition, every other search
+        condition under $and."""
+        query = {**filters.query, **within}
         if filters.search is None:
             return query
         compiled = compile_search(filters.search, lambda prefix: self.vocabulary.expand(prefix, MAX_PREFIX_EXPANSION))
@@ -356,14 +360,14 @@ class Archive:
         return query
 
     def list_page(self, filters: Filters, cursor: str | None = None, limit: int = 10,
-                  count: bool = True, skip: int = 0) -> Page:
+                  count: bool = True, skip: int = 0, within: Mapping[str, Any] = UNRESTRICTED) -> Page:
         """One page of summaries, newest first, from the position a cursor names (from the
         top without one), and the cursor of the page after it. `count=False` skips counting
         every match, which costs more than the page for broad searches. Raises QueryError
         (400) for a cursor that is not one of this archive's for these filters."""
         if self._cursors is None:
             self._cursors = CursorCodec.from_database(self.database)
-        query = self.filter_for(filters)
+        query = self.filter_for(filters, within)
         if cursor:
             received_at, email_id = self._cursors.decode(filters.fingerprint, cursor)
             # Messages received in the cursor's millisecond and already shown are fetched
@@ -382,18 +386,20 @@ class Archive:
         total = self._count(query) if count else None
         return Page([unescape_keys(doc) for doc in documents], following, total)
 
-    def set_processed(self, email_id: str, processed: bool) -> dict[str, Any] | None:
+    def set_processed(self, email_id: str, processed: bool,
+                      within: Mapping[str, Any] = UNRESTRICTED) -> dict[str, Any] | None:
         if not ObjectId.is_valid(email_id):
             return None
         return self.durable_emails.find_one_and_update(
-            {"_id": ObjectId(email_id)},
+            {"_id": ObjectId(email_id), **within},
             {"$set": {"processed": processed,
                       "processed_at": datetime.now(timezone.utc) if processed else None}},
             projection={"_id": 1, "processed": 1, "processed_at": 1},
             return_document=ReturnDocument.AFTER,
         )
 
-    def part(self, email_id: str, *, name: str | None = None, position: int | None = None):
+    def part(self, email_id: str, *, name: str | None = None, position: int | None = None,
+             within: Mapping[str, Any] = UNRESTRICTED):
         """A part's record and its BlobStream, by file name or by 0-based position.
 
         Attachments come first, then inlines; a name matches an attachment or inline name or
@@ -401,7 +407,7 @@ class Archive:
         """
         if not ObjectId.is_valid(email_id):
             return None, None
-        document = self.emails.find_one({"_id": ObjectId(email_id)}, {"attachments": 1, "inlines": 1})
+        document = self.emails.find_one({"_id": ObjectId(email_id), **within}, {"attachments": 1, "inlines": 1})
         if document is None:
             return None, None
         parts = list(document.get("attachments") or []) + list(document.get("inlines") or [])

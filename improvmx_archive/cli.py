@@ -15,7 +15,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
-from . import blobrefs
+from . import audience, blobrefs
 from .archive import index_hint
 from .db import DatabaseUnavailable, create_indexes, ping
 from .deletion import DELETION_FIELDS, NOT_HELD
@@ -51,15 +51,21 @@ def check_command():
 @with_appcontext
 def create_indexes_command():
     """Create every index the app relies on (idempotent; also done at start-up), and give
-    messages stored by older versions their blob_ids array."""
+    messages stored by older versions their blob_ids array and audience tags."""
     database = current_app.extensions["database"]
     create_indexes(database)
+    current_app.extensions["people"].ensure_indexes()
+    current_app.extensions["keys"].ensure_indexes()
     pending = blobrefs.unmigrated_count(database.emails)
-    migrated = 0
+    migrated = tagged = 0
     if pending:
         with click.progressbar(length=pending, label="adding blob_ids to older messages") as bar:
             migrated = blobrefs.backfill(database.emails, progress=bar.update)
-    click.echo(f"ok: indexes created; {migrated} message(s) given blob_ids")
+    untagged = audience.untagged_count(database.emails)
+    if untagged:
+        with click.progressbar(length=untagged, label="adding audience tags to older messages") as bar:
+            tagged = audience.backfill(database.emails, progress=bar.update)
+    click.echo(f"ok: indexes created; {migrated} message(s) given blob_ids, {tagged} given audience tags")
 
 
 @click.command("reindex")

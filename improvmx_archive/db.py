@@ -27,6 +27,9 @@ EMAIL_INDEXES = [
     IndexModel([("from_email", ASCENDING), ("received_at", DESCENDING), ("_id", DESCENDING)], name="by_sender"),
     IndexModel([("recipients", ASCENDING), ("received_at", DESCENDING), ("_id", DESCENDING)],
                name="by_recipient"),
+    # The visibility rule (access/visibility.py): a member's view is one $in on these tags.
+    IndexModel([("audience", ASCENDING), ("received_at", DESCENDING), ("_id", DESCENDING)],
+               name="by_audience"),
     IndexModel([("processed", ASCENDING), ("received_at", DESCENDING), ("_id", DESCENDING)],
                name="by_processed"),
     IndexModel([("has_attachments", ASCENDING), ("received_at", DESCENDING), ("_id", DESCENDING)],

@@ -16,6 +16,7 @@ what it inserted: see Deleter.bury_if_deleted.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
@@ -23,6 +24,7 @@ from bson import ObjectId
 from pymongo import UpdateOne
 
 from . import blobrefs
+from .audience import UNRESTRICTED
 from .db import DURABLE, TOMBSTONES
 
 # Longer than any ingest takes from reusing a blob to inserting its message.
@@ -46,12 +48,13 @@ class Deleter:
         self.tombstone_period = tombstone_period
         self._blob_refs_complete = False
 
-    def delete(self, email_id: str) -> bool:
-        """Delete one message; False when there is no such message (or it was just deleted
-        by someone else). Raises MessageOnHold for a held message."""
+    def delete(self, email_id: str, within: Mapping[str, Any] = UNRESTRICTED) -> bool:
+        """Delete one message; False when there is no such message, it is outside `within`
+        (a visibility filter), or it was just deleted by someone else. Raises MessageOnHold
+        for a held message."""
         if not ObjectId.is_valid(email_id):
             return False
-        document = self.emails.find_one({"_id": ObjectId(email_id)}, DELETION_FIELDS)
+        document = self.emails.find_one({"_id": ObjectId(email_id), **within}, DELETION_FIELDS)
         if document is None:
             return False
         if document.get("hold"):

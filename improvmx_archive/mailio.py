@@ -438,7 +438,7 @@ def _framed(separator: bytes, body: Iterator[bytes]) -> Iterator[bytes]:
 
 # The equality a listing filter starts with, and the index that serves it in received_at,
 # _id order (every one of them ends with that key, so walked backwards it is oldest first).
-SORTED_INDEXES = (("from_email", "by_sender"), ("recipients", "by_recipient"),
+SORTED_INDEXES = (("from_email", "by_sender"), ("recipients", "by_recipient"), ("audience", "by_audience"),
                   ("processed", "by_processed"), ("has_attachments", "by_attachments"))
 
 

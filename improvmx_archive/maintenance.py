@@ -25,6 +25,7 @@ from bson import ObjectId
 from flask import Flask
 from pymongo.errors import PyMongoError
 
+from . import audience
 from .indexer import SearchIndexer
 from .lease import Lease
 from .notify import Notifier
@@ -158,13 +159,17 @@ class Maintenance:
         return True
 
     def migrate_blob_refs(self) -> None:
-        """Give messages stored before blob_ids existed their array, once per process (here,
-        not at start-up, so a large archive never holds a booting worker past its timeout)."""
+        """Give messages stored before blob_ids and audience existed those fields, once per
+        process (here, not at start-up, so a large archive never holds a booting worker
+        past its timeout)."""
         if self._blob_refs_migrated:
             return
         migrated = self.archive.migrate_blob_refs()
         if migrated:
             log.info("gave %d older message(s) their blob_ids", migrated)
+        tagged = audience.backfill(self.archive.emails)
+        if tagged:
+            log.info("gave %d older message(s) their audience tags (the visibility rule)", tagged)
         self._blob_refs_migrated = True
 
     def index_search(self) -> None:

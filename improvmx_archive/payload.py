@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from email.utils import getaddresses, parseaddr
 from typing import Any, Callable
 
+from .audience import FIELD as AUDIENCE, audience_of
+
 # Fields ImprovMX documents; everything else in a payload is kept as an "extra" field.
 KNOWN_FIELDS = (
     "headers", "to", "cc", "bcc", "from", "subject", "message-id", "date", "return-path",
@@ -319,6 +321,7 @@ def normalise(payload: dict[str, Any]) -> Message:
         "from_email": sender["email"].lower() if sender else None,
         "to_emails": _lower_emails(to_addresses),
         "recipients": _lower_emails(recipients),
+        AUDIENCE: audience_of(_lower_emails(recipients)),
         "subject_lower": subject_text.lower(),
         "snippet": make_snippet(text, html),
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -20,6 +20,7 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import PyMongoError
 
 from . import metrics
+from .audience import UNRESTRICTED
 from .db import DURABLE, RETENTION_RUNS
 from .deletion import DELETION_FIELDS, NOT_HELD
 from .times import api_time
@@ -32,12 +33,13 @@ PASS_SECONDS = 120.0
 MIN_LEASE = timedelta(minutes=10)
 
 
-def set_hold(archive, email_id: str, hold: bool) -> dict[str, Any] | None:
-    """Put a message on hold (retention and purge skip it, DELETE refuses it) or release it."""
+def set_hold(archive, email_id: str, hold: bool, within: Mapping[str, Any] = UNRESTRICTED) -> dict[str, Any] | None:
+    """Put a message on hold (retention and purge skip it, DELETE refuses it) or release it;
+    None for a message that does not exist or is outside `within` (a visibility filter)."""
     if not ObjectId.is_valid(email_id):
         return None
     return archive.durable_emails.find_one_and_update(
-        {"_id": ObjectId(email_id)}, {"$set": {"hold": hold}},
+        {"_id": ObjectId(email_id), **within}, {"$set": {"hold": hold}},
         projection={"_id": 1, "processed": 1, "processed_at": 1, "hold": 1}, return_document=ReturnDocument.AFTER)
 
 

@@ -1,4 +1,5 @@
-"""Who may call what: bearer keys, brute-force lockout, the webhook guard, response headers.
+"""The shared defences: brute-force lockout, client address, the webhook guard, response headers.
+Who a bearer key stands for (and what it may see) is access/authn.py's business.
 
 Lockout state lives in MongoDB (expired by TTL indexes) so every worker and every app host
 behind a load balancer sees the same failures and blocks. The client IP is whatever
@@ -7,7 +8,6 @@ werkzeug's ProxyFix derived from the trusted proxies, never a header the client 
 
 from __future__ import annotations
 
-import functools
 import hmac
 import ipaddress
 import logging
@@ -72,89 +72,6 @@ def key_matches(presented: str, keys: tuple[str, ...]) -> bool:
     for key in keys:
         matched |= hmac.compare_digest(presented_bytes, key.encode())
     return matched
-
-
-def _credential_refusal(keys: tuple[str, ...]) -> tuple[ApiError, bool] | None:
-    """None when a configured key was presented; otherwise the refusal and whether it counts
-    as a failed attempt (a missing header does not: it guesses nothing)."""
-    header = request.headers.get("Authorization")
-    if header is None:
-        return ApiError(401, "Missing Authorization header; send 'Authorization: Bearer <API key>'",
-                        {"WWW-Authenticate": 'Bearer realm="improvmx-webhook"'}), False
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return ApiError(401, "Malformed Authorization header; expected 'Bearer <API key>'",
-                        {"WWW-Authenticate": 'Bearer error="invalid_token"'}), True
-    if not key_matches(token, keys):
-        return ApiError(403, "Invalid API key"), True
-    return None
-
-
-def _unavailable() -> ApiError:
-    return ApiError(503, "Service temporarily unavailable", {"Retry-After": "30"})
-
-
-def _check_api_key(keys: tuple[str, ...]) -> None:
-    """A block in force wins; a valid key passes; a bad one is counted toward a block.
-
-    While MongoDB is down a valid key still passes (so the owner can see GET /'s spool
-    depth during an outage); anything that would need counting answers 503.
-    """
-    lockout: Lockout = current_app.extensions["lockout"]
-    ip = client_ip()
-    refusal = _credential_refusal(keys)
-    try:
-        until = lockout.blocked_until(ip)
-    except PyMongoError:
-        if refusal is None:
-            log.warning("lockout state unavailable (MongoDB); admitting a valid key ip=%s", ip)
-            return
-        if not refusal[1]:
-            raise refusal[0] from None
-        log.error("authentication state unavailable (MongoDB) ip=%s", ip)
-        raise _unavailable() from None
-    if until:
-        log.warning("refused blocked ip=%s path=%s", ip, request.path)
-        raise ApiError(429, LOCKED_OUT_MESSAGE, retry_after(until))
-    if refusal is None:
-        return
-    error, counted = refusal
-    if counted:
-        log.warning("failed authentication ip=%s path=%s reason=%s", ip, request.path,
-                    "malformed" if error.status == 401 else "wrong key")
-        try:
-            lockout.record_failure(ip)
-        except PyMongoError:
-            log.error("authentication state unavailable (MongoDB) ip=%s", ip)
-            raise _unavailable() from None
-    raise error
-
-
-def require_api_key(view):
-    """Decorator for protected endpoints: 429 while blocked, 401 malformed, 403 wrong key."""
-
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        _check_api_key(current_app.config["SETTINGS"].api_keys)
-        return view(*args, **kwargs)
-
-    wrapper.requires_api_key = True
-    return wrapper
-
-
-def require_metrics_token(view):
-    """Like require_api_key, against METRICS_TOKEN when set (a scraper then holds no key
-    that could read mail), else against the API keys; same lockout."""
-
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        settings = current_app.config["SETTINGS"]
-        _check_api_key(settings.metrics_tokens or settings.api_keys)
-        return view(*args, **kwargs)
-
-    wrapper.requires_api_key = True
-    return wrapper
 
 
 def source_is_allowed() -> bool:

@@ -11,13 +11,13 @@ from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
+from ..access.authn import require_access
+from ..access.scoped import visible_archive
 from ..deletion import MessageOnHold
 from ..errors import ApiError
 from ..listing import parse_filters, parse_page
 from ..parts import INLINE_DATA
 from ..ratelimit import configured_limit, limiter
-from ..retention import set_hold
-from ..security import require_api_key
 from ..times import api_time
 
 bp = Blueprint("emails", __name__)
@@ -27,7 +27,7 @@ _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*
 INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf"}
 INTERNAL_FIELDS = {"idempotency_key", "blob_ids", "subject_lower", "subject_trigrams", "to_emails", "recipients",
                    "bodies", "overflow", "tokens", "search", "search_pending", "search_version", "search_error",
-                   "notify_pending"}
+                   "notify_pending", "audience"}
 
 
 def _iso(value: Any) -> Any:
@@ -60,13 +60,12 @@ def present(document: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.get("/emails")
-@require_api_key
+@require_access("read")
 @limiter.limit(configured_limit("RATELIMIT_LIST"))
 def list_emails():
     filters = parse_filters(request.args)
     wanted = parse_page(request.args)
-    page = current_app.extensions["archive"].list_page(filters, wanted.cursor, wanted.limit, wanted.count,
-                                                       wanted.skip)
+    page = visible_archive().list_page(filters, wanted.cursor, wanted.limit, wanted.count, wanted.skip)
     return jsonify(success=True, count=len(page.emails), total=page.total, next=page.next,
                    emails=[present(doc) for doc in page.emails])
 
@@ -78,15 +77,15 @@ def _found(document):
 
 
 @bp.get("/emails/<email_id>")
-@require_api_key
+@require_access("read")
 @limiter.limit(configured_limit("RATELIMIT_DETAIL"))
 def get_email(email_id: str):
-    document = _found(current_app.extensions["archive"].find(email_id))
+    document = _found(visible_archive().find(email_id))
     return jsonify(success=True, email=present(document))
 
 
 @bp.patch("/emails/<email_id>")
-@require_api_key
+@require_access("write")
 @limiter.limit(configured_limit("RATELIMIT_DETAIL"))
 def update_email(email_id: str):
     body = request.get_json(silent=True)
@@ -94,21 +93,21 @@ def update_email(email_id: str):
             or not all(isinstance(value, bool) for value in body.values())):
         raise ApiError(400, 'Body must be a JSON object with "processed" and/or "hold", each true or false, '
                             'e.g. {"processed": true}')
-    archive = current_app.extensions["archive"]
+    archive = visible_archive()
     if "processed" in body:
         document = _found(archive.set_processed(email_id, body["processed"]))
     if "hold" in body:
-        document = _found(set_hold(archive, email_id, body["hold"]))
+        document = _found(archive.set_hold(email_id, body["hold"]))
     return jsonify(success=True, id=email_id, processed=document["processed"],
                    processed_at=_iso(document.get("processed_at")), hold=bool(document.get("hold")))
 
 
 @bp.delete("/emails/<email_id>")
-@require_api_key
+@require_access("write")
 @limiter.limit(configured_limit("RATELIMIT_DETAIL"))
 def delete_email(email_id: str):
     try:
-        deleted = current_app.extensions["archive"].deleter.delete(email_id)
+        deleted = visible_archive().delete(email_id)
     except MessageOnHold:
         raise ApiError(409, 'Email is on hold; release it first with PATCH {"hold": false}') from None
     _found(deleted or None)
@@ -135,7 +134,7 @@ def part_response(email_id: str, *, name: str | None = None, position: int | Non
     """A part's bytes under the download rules: only INLINE_TYPES may display in the browser,
     anything else (HTML, SVG, unknown) downloads; text gets a charset. The API and the UI
     both serve parts through here. only_types: 404 for any other content type."""
-    record, blob = current_app.extensions["archive"].part(email_id, name=name, position=position)
+    record, blob = visible_archive().part(email_id, name=name, position=position)
     if record is None or (only_types is not None and str(record.get("type") or "").lower() not in only_types):
         raise ApiError(404, "Attachment not found")
     if blob is None:
@@ -157,14 +156,14 @@ def part_response(email_id: str, *, name: str | None = None, position: int | Non
 
 
 @bp.get("/emails/<email_id>/attachment/<path:name>")
-@require_api_key
+@require_access("read")
 @limiter.limit(configured_limit("RATELIMIT_DOWNLOAD"))
 def download_by_name(email_id: str, name: str):
     return part_response(email_id, name=name)
 
 
 @bp.get("/emails/<email_id>/attachments/<int:position>")
-@require_api_key
+@require_access("read")
 @limiter.limit(configured_limit("RATELIMIT_DOWNLOAD"))
 def download_by_position(email_id: str, position: int):
     return part_response(email_id, position=position)

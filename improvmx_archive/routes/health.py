@@ -8,11 +8,11 @@ from datetime import datetime, timezone
 from flask import Blueprint, current_app, jsonify
 from pymongo.errors import PyMongoError
 
+from ..access.authn import require_access, require_admin
 from ..db import ping
 from ..indexer import backlog
 from ..ratelimit import configured_limit, limiter
 from ..retention import status as retention_status
-from ..security import require_api_key
 from ..times import api_time
 
 bp = Blueprint("health", __name__)
@@ -23,7 +23,8 @@ def _now() -> str:
 
 
 @bp.get("/")
-@require_api_key
+@require_access("read")
+@require_admin
 @limiter.limit(configured_limit("RATELIMIT_HEALTH"))
 def health():
     healthy = ping(current_app.extensions["mongo_client"])

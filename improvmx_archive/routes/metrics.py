@@ -7,13 +7,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..metrics import render
 from ..ratelimit import configured_limit, exempt_from_global_limits, limiter
-from ..security import require_metrics_token
+from ..access.authn import require_metrics_access
 
 bp = Blueprint("metrics", __name__)
 
 
 @bp.get("/metrics")
-@require_metrics_token
+@require_metrics_access
 @exempt_from_global_limits
 @limiter.limit(configured_limit("RATELIMIT_METRICS"))
 def metrics():

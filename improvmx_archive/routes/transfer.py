@@ -7,11 +7,12 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from ..access.authn import require_access, require_admin
+from ..access.scoped import visible_archive
 from ..db import DatabaseUnavailable
 from ..errors import ApiError
 from ..ratelimit import configured_limit, limiter
-from ..security import require_api_key
-from ..mailio import NotAMessage, import_raw, mbox_export, rebuild_message
+from ..mailio import NotAMessage, import_raw
 from ..listing import parse_filters
 from ..times import api_time
 from .emails import content_disposition
@@ -24,7 +25,7 @@ RAW_MESSAGE_TYPES = ("message/rfc822",)
 
 
 @bp.get("/emails/<email_id>/raw")
-@require_api_key
+@require_access("read")
 @limiter.limit(configured_limit("RATELIMIT_DOWNLOAD"))
 def raw_message(email_id: str):
     return eml_response(email_id)
@@ -32,7 +33,7 @@ def raw_message(email_id: str):
 
 def eml_response(email_id: str) -> Response:
     """The rebuilt message as a streamed .eml download (the API's /raw and the UI's button)."""
-    chunks = rebuild_message(current_app.extensions["archive"], email_id)
+    chunks = visible_archive().rebuild(email_id)
     if chunks is None:
         raise ApiError(404, "Email not found")
     return _streamed_download(chunks, "message/rfc822", f"{email_id}.eml")
@@ -45,17 +46,17 @@ def _streamed_download(chunks, content_type: str, filename: str) -> Response:
 
 
 @bp.get("/export.mbox")
-@require_api_key
+@require_access("read")
 @limiter.limit(configured_limit("RATELIMIT_DOWNLOAD"))
 def export_mbox():
-    archive = current_app.extensions["archive"]
-    query = archive.filter_for(parse_filters(request.args))
+    chunks = visible_archive().mbox(parse_filters(request.args))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return _streamed_download(mbox_export(archive, query), "application/mbox", f"archive-{stamp}.mbox")
+    return _streamed_download(chunks, "application/mbox", f"archive-{stamp}.mbox")
 
 
 @bp.post("/import")
-@require_api_key
+@require_access("write")
+@require_admin
 @limiter.limit(configured_limit("RATELIMIT_IMPORT"))
 def import_message():
     if request.mimetype not in RAW_MESSAGE_TYPES:

@@ -55,7 +55,7 @@ def login_submit():
         lockout.record_failure(ip)
         return _login_page(403, "That key is not one of this archive's API keys.")
     token, opened = current_app.extensions["ui_sessions"].open(
-        presented, ip=ip, user_agent=request.headers.get("User-Agent", ""))
+        operator_key=presented, ip=ip, user_agent=request.headers.get("User-Agent", ""))
     session.pop("csrf_token", None)  # a fresh CSRF token for the signed-in session
     response = redirect(safe_next(request.form.get("next")), 303)
     response.set_cookie(COOKIE_NAME, token, expires=opened.expires_at, path=COOKIE_PATH,

@@ -12,11 +12,12 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from pymongo.errors import PyMongoError
 from werkzeug.exceptions import HTTPException
 
+from ..access.principal import Principal
 from ..db import DatabaseUnavailable
 from ..errors import MESSAGES, ApiError
 from ..ratelimit import configured_limit, limiter
 from ..security import CSP_UI
-from .sessions import COOKIE_NAME
+from .sessions import COOKIE_NAME, UiSession
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +54,28 @@ def _ui_headers(response):
     return response
 
 
+def principal_of(session: UiSession) -> Principal | None:
+    """Who a live session stands for, read afresh (a disabled person's session ends here)."""
+    if session.person_id is None:
+        return Principal.operator(via="session")
+    person = current_app.extensions["people"].active(session.person_id)
+    return Principal.for_person(person, via="session") if person else None
+
+
 def signed_in(view):
-    """Decorator: the view runs only within a live session (g.ui_session); otherwise the
-    reader is sent to the sign-in page and comes back afterwards."""
+    """Decorator: the view runs only within a live session (g.ui_session, g.principal);
+    otherwise the reader is sent to the sign-in page and comes back afterwards."""
 
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
         session = current_app.extensions["ui_sessions"].resume(request.cookies.get(COOKIE_NAME))
-        if session is None:
+        principal = principal_of(session) if session else None
+        if principal is None:
             if request.method == "GET":
                 return redirect(url_for("ui.login", next=request.full_path.rstrip("?")))
             return render_error(401, "Your session has ended. Sign in again, then repeat what you did.")
         g.ui_session = session
+        g.principal = principal
         return view(*args, **kwargs)
 
     wrapper.requires_ui_session = True

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+import json
+
 from bson import ObjectId
 from flask import current_app, flash, redirect, render_template, request, url_for
 
-from ..archive import Archive
+from ..access.scoped import visible_archive
 from ..deletion import MessageOnHold
 from ..listing import Page, parse_filters
 from .auth import safe_next
@@ -27,15 +29,16 @@ def list_args(args) -> dict[str, str]:
 def list_page(cursor: str | None, limit: int = PAGE_SIZE, count: bool = False) -> Page:
     """A page of the current list through the API's own listing (the same `q` language and
     filters as GET /emails, 400 on a bad value), from a cursor: page 500 costs what page 1 does."""
-    archive: Archive = current_app.extensions["archive"]
-    return archive.list_page(parse_filters(request.args), cursor or None, limit, count=count)
+    return visible_archive().list_page(parse_filters(request.args), cursor or None, limit, count=count)
 
 
 def _aliases() -> list[tuple[str, int]]:
+    """The sidebar's aliases as far as the reader may see (cached per view, never across views)."""
     settings = current_app.config["SETTINGS"]
-    emails = current_app.extensions["archive"].emails
+    archive = visible_archive()
+    view = json.dumps(archive.visibility, sort_keys=True)
     return current_app.extensions["ui_stats"].get(
-        "aliases", lambda: recipient_aliases(emails, settings.domains))
+        f"aliases:{view}", lambda: recipient_aliases(archive.archive.emails, settings.domains, archive.visibility))
 
 
 @bp.get("/")
@@ -64,15 +67,15 @@ def _selected() -> list[str]:
 def bulk():
     """Mark the selected messages, or ask to confirm deleting them (a page of its own, so
     deletion is confirmed without script)."""
-    archive: Archive = current_app.extensions["archive"]
+    archive = visible_archive()
     ids, action = _selected(), request.form.get("action")
     if action not in {"processed", "unprocessed", "delete"}:
         return render_error(400, "Choose what to do with the selected messages.")
     if not ids:
         return render_error(400, "Select at least one message first.")
     if action == "delete":
-        chosen = archive.emails.find({"_id": {"$in": [ObjectId(i) for i in ids]}},
-                                     {"subject": 1, "from": 1, "received_at": 1, "hold": 1})
+        chosen = archive.find_summaries({"_id": {"$in": [ObjectId(i) for i in ids]}},
+                                        {"subject": 1, "from": 1, "received_at": 1, "hold": 1})
         return render_template("ui/confirm_delete.html", messages=list(chosen),
                                back=safe_next(request.form.get("back")))
     for email_id in ids:
@@ -87,11 +90,11 @@ def delete():
     kept); held messages stay and are reported."""
     if request.form.get("confirm") != "yes":
         return render_error(400, "Deletion was not confirmed, so nothing was deleted.")
-    deleter = current_app.extensions["archive"].deleter
+    archive = visible_archive()
     deleted = held = 0
     for email_id in _selected():
         try:
-            deleted += deleter.delete(email_id)
+            deleted += archive.delete(email_id)
         except MessageOnHold:
             held += 1
     notice = f"Deleted {deleted} message{'' if deleted == 1 else 's'}."

@@ -18,17 +18,15 @@ from typing import Any
 from flask import current_app, g, make_response, redirect, render_template, request, url_for
 from markupsafe import Markup, escape
 
-from ..archive import Archive
 from ..errors import ApiError
 from ..payload import header_values, parse_address_list
 from ..query import QueryError
-from ..retention import set_hold
-from ..mailio import rebuild_message
+from ..access.scoped import visible_archive
 from ..routes.emails import part_response, present
 from ..routes.transfer import eml_response
 from ..security import csp_message_frame
 from .auth import safe_next
-from .blueprint import bp, signed_in
+from .blueprint import bp, principal_of, signed_in
 from .inbox import PAGE_SIZE, list_args, list_page
 from .sanitize import clean_html
 from .verdicts import verdicts
@@ -49,8 +47,7 @@ def _found(document):
 
 def _stored(email_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The whole stored message (404 page if there is none) and its API presentation."""
-    archive: Archive = current_app.extensions["archive"]
-    document = _found(archive.find(email_id))
+    document = _found(visible_archive().find(email_id))
     return document, present(document)
 
 
@@ -61,10 +58,17 @@ def inline_grant(session_id: str, email_id: str) -> str:
 
 
 def _grant_is_live(grant: str, email_id: str) -> bool:
+    """Whether the grant was made for this message in a session that is still live; its
+    principal then becomes the request's, so the part is read under the same rule."""
     session_id, _, _ = grant.partition(".")
     if not hmac.compare_digest(grant.encode(), inline_grant(session_id, email_id).encode()):
         return False
-    return current_app.extensions["ui_sessions"].by_id(session_id) is not None
+    session = current_app.extensions["ui_sessions"].by_id(session_id)
+    principal = principal_of(session) if session else None
+    if principal is None:
+        return False
+    g.principal = principal
+    return True
 
 
 def _origin() -> str:
@@ -110,7 +114,7 @@ def _remote_images(document: dict[str, Any]) -> int:
 def _source(email_id: str) -> tuple[str, bool]:
     """The start of the rebuilt .eml as text, and whether it was cut short."""
     taken, size = [], 0
-    chunks = rebuild_message(current_app.extensions["archive"], email_id) or iter(())
+    chunks = visible_archive().rebuild(email_id) or iter(())
     try:
         for chunk in chunks:
             taken.append(chunk)
@@ -235,7 +239,7 @@ def download_part(email_id: str, position: int):
 @bp.post("/emails/<email_id>/hold")
 @signed_in
 def hold(email_id: str):
-    _found(set_hold(current_app.extensions["archive"], email_id, request.form.get("hold") == "true"))
+    _found(visible_archive().set_hold(email_id, request.form.get("hold") == "true"))
     return redirect(_back(email_id), 303)
 
 
@@ -247,5 +251,5 @@ def _back(email_id: str) -> str:
 @signed_in
 def mark(email_id: str):
     processed = request.form.get("processed") == "true"
-    _found(current_app.extensions["archive"].set_processed(email_id, processed))
+    _found(visible_archive().set_processed(email_id, processed))
     return redirect(_back(email_id), 303)

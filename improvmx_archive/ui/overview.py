@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from flask import current_app, render_template
+import json
 
+from flask import current_app, g, render_template
+
+from ..access.visibility import visibility_filter
 from ..usage import current_usage
 from .blueprint import bp, signed_in
 from .stats import DAYS_CHARTED, biggest_senders, messages_per_day, processed_counts
@@ -30,17 +33,22 @@ def _chart(days: list[tuple[datetime, int]]) -> dict:
 @bp.get("/overview")
 @signed_in
 def overview():
+    """Every figure counts only what the reader may see; storage and the spool are the
+    whole service's, so only admins see them."""
     database = current_app.extensions["database"]
     emails = database.emails
+    within = visibility_filter(g.principal)
     cache = current_app.extensions["ui_stats"]
+    view = json.dumps(within, sort_keys=True)  # one cached figure per view, never shared across views
     since = datetime.now(timezone.utc) - timedelta(days=DAYS_CHARTED)
-    days = cache.get("per_day", lambda: messages_per_day(emails))
+    days = cache.get(f"per_day:{view}", lambda: messages_per_day(emails, within))
+    admin = g.principal.is_admin
     return render_template(
         "ui/overview.html",
         chart=_chart(days),
         total_month=sum(count for _, count in days),
-        storage=current_usage(database),
-        senders=cache.get("senders", lambda: biggest_senders(emails, since)),
-        counts=processed_counts(emails),
-        spool=current_app.extensions["spool"].status(),
+        storage=current_usage(database) if admin else None,
+        senders=cache.get(f"senders:{view}", lambda: biggest_senders(emails, since, within)),
+        counts=processed_counts(emails, within),
+        spool=current_app.extensions["spool"].status() if admin else None,
     )

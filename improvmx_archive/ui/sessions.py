@@ -1,9 +1,10 @@
 """Signed-in UI sessions, kept in MongoDB so every worker and every app host shares them.
 
 The cookie holds a random token; the database holds only its SHA-256, so a copy of the
-database signs nobody in. Each session records an HMAC fingerprint of the API key it was
-opened with: once that key is gone from API_KEY, the session no longer resumes. Expiry is
-compared here on every request; the TTL index only clears old documents away.
+database signs nobody in. A session is a person's (`person_id`, checked against the people
+store on every request) or an operator's: then it records an HMAC fingerprint of the API
+key it was opened with, and once that key is gone from API_KEY it no longer resumes.
+Expiry is compared here on every request; the TTL index only clears old documents away.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def _token_hash(token: str) -> str:
 class UiSession:
     id: str  # the token's hash, also the document's _id
     expires_at: datetime
+    person_id: str | None = None  # None: an operator's session, opened with an API_KEY key
 
 
 class UiSessions:
@@ -45,20 +47,25 @@ class UiSessions:
         self.lifetime = lifetime
         self.fingerprints = frozenset(key_fingerprint(key) for key in api_keys)
 
-    def open(self, key: str, *, ip: str, user_agent: str) -> tuple[str, UiSession]:
-        """A new session for a key already checked against API_KEY; returns the cookie token."""
+    def open(self, *, ip: str, user_agent: str, operator_key: str | None = None,
+             person_id: str | None = None) -> tuple[str, UiSession]:
+        """A new session for a credential already checked (an API_KEY key, or a person's
+        password); returns the cookie token."""
+        if (operator_key is None) == (person_id is None):
+            raise ValueError("a session is either an operator's or a person's")
         token = secrets.token_urlsafe(32)
         now = datetime.now(timezone.utc)
         document = {
             "_id": _token_hash(token),
-            "key_fingerprint": key_fingerprint(key),
+            "key_fingerprint": key_fingerprint(operator_key) if operator_key else None,
+            "person_id": person_id,
             "created_at": now,
             "expires_at": now + self.lifetime,
             "ip": ip,
             "user_agent": user_agent[:200],
         }
         self.collection.insert_one(document)
-        return token, UiSession(document["_id"], document["expires_at"])
+        return token, UiSession(document["_id"], document["expires_at"], person_id)
 
     def resume(self, token: str | None) -> UiSession | None:
         """The live session behind a cookie token, or None (unknown, expired or revoked)."""
@@ -71,10 +78,12 @@ class UiSessions:
         if document is None:
             return None
         expires_at = as_utc(document["expires_at"])
-        if expires_at <= datetime.now(timezone.utc) or document.get("key_fingerprint") not in self.fingerprints:
+        person_id = document.get("person_id")
+        operator_key_gone = person_id is None and document.get("key_fingerprint") not in self.fingerprints
+        if expires_at <= datetime.now(timezone.utc) or operator_key_gone:
             self.collection.delete_one({"_id": session_id})
             return None
-        return UiSession(session_id, expires_at)
+        return UiSession(session_id, expires_at, person_id)
 
     def end(self, token: str | None) -> None:
         if token and len(token) <= 100:

@@ -43,14 +43,16 @@ def _in_domains(address: str, domains: tuple[str, ...]) -> bool:
     return not domains or any(domain == d or domain.endswith("." + d) for d in domains)
 
 
-def recipient_aliases(emails, domains: tuple[str, ...]) -> list[tuple[str, int]]:
-    """The archive's own addresses with how many messages each received.
+def recipient_aliases(emails, domains: tuple[str, ...], within: dict[str, Any]) -> list[tuple[str, int]]:
+    """The archive's own addresses, as far as `within` (a visibility filter) shows, with how
+    many of those messages each received.
 
     Which addresses: the most frequent among the newest ALIAS_SAMPLE messages (in DOMINIO
     when it is set, so a Cc'd outsider is not an alias). Their counts: exact, one indexed
     count each on by_recipient.
     """
     sample = emails.aggregate([
+        {"$match": within},
         {"$sort": {"received_at": DESCENDING, "_id": DESCENDING}},
         {"$limit": ALIAS_SAMPLE},
         {"$project": {"recipients": 1}},
@@ -59,30 +61,31 @@ def recipient_aliases(emails, domains: tuple[str, ...]) -> list[tuple[str, int]]
         {"$sort": {"seen": DESCENDING, "_id": 1}},
     ])
     addresses = [row["_id"] for row in sample if isinstance(row["_id"], str) and _in_domains(row["_id"], domains)]
-    counted = [(address, emails.count_documents({"recipients": address})) for address in addresses[:ALIASES_SHOWN]]
+    counted = [(address, emails.count_documents({"recipients": address, **within}))
+               for address in addresses[:ALIASES_SHOWN]]
     return sorted(counted, key=lambda item: (-item[1], item[0]))
 
 
-def messages_per_day(emails, today: datetime | None = None) -> list[tuple[datetime, int]]:
+def messages_per_day(emails, within: dict[str, Any], today: datetime | None = None) -> list[tuple[datetime, int]]:
     """(UTC day, messages received) for the last DAYS_CHARTED days, oldest first: one
     indexed range count per day on newest_first."""
     end = (today or datetime.now(timezone.utc)).replace(hour=0, minute=0, second=0, microsecond=0)
     days = [end - timedelta(days=offset) for offset in range(DAYS_CHARTED - 1, -1, -1)]
-    return [(day, emails.count_documents({"received_at": {"$gte": day, "$lt": day + timedelta(days=1)}}))
+    return [(day, emails.count_documents({"received_at": {"$gte": day, "$lt": day + timedelta(days=1)}, **within}))
             for day in days]
 
 
-def biggest_senders(emails, since: datetime) -> list[dict[str, Any]]:
+def biggest_senders(emails, since: datetime, within: dict[str, Any]) -> list[dict[str, Any]]:
     """Senders with the most messages since `since` (a window, so the cost stays bounded)."""
     return list(emails.aggregate([
-        {"$match": {"received_at": {"$gte": since}}},
+        {"$match": {"received_at": {"$gte": since}, **within}},
         {"$group": {"_id": "$from_email", "messages": {"$sum": 1}, "bytes": {"$sum": "$size"}}},
         {"$sort": {"messages": DESCENDING, "_id": 1}},
         {"$limit": SENDERS_SHOWN},
     ]))
 
 
-def processed_counts(emails) -> dict[str, int]:
-    total = emails.estimated_document_count()
-    processed = emails.count_documents({"processed": True})
+def processed_counts(emails, within: dict[str, Any]) -> dict[str, int]:
+    total = emails.count_documents(within) if within else emails.estimated_document_count()
+    processed = emails.count_documents({"processed": True, **within})
     return {"total": total, "processed": processed, "unprocessed": max(0, total - processed)}
