@@ -29,6 +29,7 @@ from pymongo.errors import (
 )
 
 from . import blobrefs
+from . import audience
 from .audience import UNRESTRICTED
 from .db import ACKNOWLEDGED, DURABLE, DatabaseUnavailable, create_indexes
 from .deletion import Deleter
@@ -431,6 +432,10 @@ class Archive:
     def migrate_blob_refs(self, progress=None) -> int:
         """Give documents stored before `blob_ids` existed their array; returns how many."""
         return blobrefs.backfill(self.emails, progress)
+
+    def migrate_audience(self, progress=None) -> int:
+        """Give documents stored before `audience` existed their tags; returns how many."""
+        return audience.backfill(self.emails, progress)
 
     def gc_blobs(self, grace: timedelta = timedelta(hours=1)) -> int:
         """Delete blobs no message references, older than the grace period (in-flight

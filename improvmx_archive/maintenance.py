@@ -25,7 +25,6 @@ from bson import ObjectId
 from flask import Flask
 from pymongo.errors import PyMongoError
 
-from . import audience
 from .indexer import SearchIndexer
 from .lease import Lease
 from .notify import Notifier
@@ -167,7 +166,7 @@ class Maintenance:
         migrated = self.archive.migrate_blob_refs()
         if migrated:
             log.info("gave %d older message(s) their blob_ids", migrated)
-        tagged = audience.backfill(self.archive.emails)
+        tagged = self.archive.migrate_audience()
         if tagged:
             log.info("gave %d older message(s) their audience tags (the visibility rule)", tagged)
         self._blob_refs_migrated = True

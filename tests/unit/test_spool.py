@@ -520,6 +520,9 @@ class _ArchiveOnMongomock:
     def migrate_blob_refs(self):
         return 0
 
+    def migrate_audience(self):
+        return 0
+
     def gc_blobs(self, grace):
         self.gc_runs += 1
         return 0
