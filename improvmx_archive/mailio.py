@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import hashlib
+import itertools
 import json
 import logging
 import mailbox
@@ -230,12 +232,12 @@ def _body_part(subtype: str, text: str) -> MIMEPart:
     return part
 
 
-def _container(subtype: str, children: list[MIMEPart], **params: str) -> MIMEPart:
+def _container(subtype: str, children: list[MIMEPart], boundary: str, **params: str) -> MIMEPart:
     part = MIMEPart(MIME_POLICY)
     part["Content-Type"] = f"multipart/{subtype}"
     for key, value in params.items():
         part.set_param(key, value)
-    part.set_boundary(f"=_archive_{secrets.token_hex(12)}")
+    part.set_boundary(boundary)
     for child in children:
         part.attach(child)
     return part
@@ -264,12 +266,21 @@ def _stored_part(record: dict[str, Any], token: str, *, inline: bool) -> tuple[M
     return part, as_text
 
 
-def _body_tree(document: Mapping[str, Any]) -> MIMEPart | None:
+def _boundaries(document: Mapping[str, Any]) -> Iterator[str]:
+    """The boundaries of one message's containers: the same on every rebuild (an IMAP client
+    compares BODY[] with RFC822.SIZE and expects the same bytes each time), yet unguessable
+    by the sender, who never learns the archive's id for the message."""
+    seed = str(document.get("_id") or document.get("idempotency_key") or "")
+    for number in itertools.count():
+        yield "=_archive_" + hashlib.sha256(f"{seed}:{number}".encode()).hexdigest()[:24]
+
+
+def _body_tree(document: Mapping[str, Any], boundaries: Iterator[str]) -> MIMEPart | None:
     text, html = document.get("text"), document.get("html")
     text = text if isinstance(text, str) and text else None
     html = html if isinstance(html, str) and html else None
     if text and html:
-        return _container("alternative", [_body_part("plain", text), _body_part("html", html)])
+        return _container("alternative", [_body_part("plain", text), _body_part("html", html)], next(boundaries))
     if text or html:
         return _body_part("plain" if text else "html", text or html)
     return None
@@ -295,15 +306,16 @@ class Rebuild:
         self.slots: list[PartSlot] = []
         attachments = list(document.get("attachments") or [])
         inlines = list(document.get("inlines") or [])
-        tree = _body_tree(document)
+        boundaries = _boundaries(document)
+        tree = _body_tree(document, boundaries)
         if inlines:
             related = [tree] if tree is not None else []
             related += [self._slot(len(attachments) + i, record, inline=True) for i, record in enumerate(inlines)]
-            tree = _container("related", related, type=related[0].get_content_type())
+            tree = _container("related", related, next(boundaries), type=related[0].get_content_type())
         if attachments:
             mixed = [tree] if tree is not None else []
             mixed += [self._slot(i, record, inline=False) for i, record in enumerate(attachments)]
-            tree = _container("mixed", mixed)
+            tree = _container("mixed", mixed, next(boundaries))
         self.tree = tree if tree is not None else _body_part("plain", "")
 
     def _slot(self, position: int, record: dict[str, Any], *, inline: bool) -> MIMEPart:

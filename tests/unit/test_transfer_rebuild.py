@@ -18,7 +18,7 @@ from improvmx_archive.sample import payload_from_mime
 from improvmx_archive.mailio import (
     NEVER_COPIED, RECONSTRUCTED_HEADER, UNREPRESENTABLE_HEADER, MessageSource, header_lines, mbox_entry, unquote_mbox,
 )
-from tests.payloads import FIXTURES, message_with_attachment
+from tests.payloads import FIXTURES, eml_payload, message_with_attachment
 
 CORPUS = sorted(FIXTURES.glob("*.eml")) + sorted((FIXTURES / "cpython").glob("msg_*.txt"))
 
@@ -301,3 +301,12 @@ def test_message_without_bodies_or_parts_is_an_empty_text_message(app):
     raw = _rebuilt(archive, archive.ingest({"subject": "Nothing", "from": {"email": "a@example.org"}}).email_id)
     parsed = email.message_from_bytes(raw, policy=policy.default)
     assert parsed["Subject"] == "Nothing" and parsed.get_content_type() == "text/plain"
+
+
+def test_a_rebuild_is_the_same_bytes_every_time(app, client, auth):
+    """IMAP clients compare BODY[] with RFC822.SIZE and fetch again later: every container's
+    boundary is fixed per message, so two downloads are byte-identical."""
+    stored = client.post("/webhook", json=eml_payload("attachments")).get_json()["email_id"]
+    first = client.get(f"/emails/{stored}/raw", headers=auth).get_data()
+    second = client.get(f"/emails/{stored}/raw", headers=auth).get_data()
+    assert first == second and b"=_archive_" in first
