@@ -16,6 +16,7 @@ from flask.sessions import SecureCookieSessionInterface
 
 from ..config import Settings
 from . import auth, inbox, message, overview  # noqa: F401  (their routes join the blueprint)
+from . import audit  # noqa: F401  (the Audit page)
 from .blueprint import bp, csrf
 from .formatting import FILTERS
 from .inbox import list_url
