@@ -9,8 +9,9 @@ first (DuplicateKeyError), steps forward to the entry that won and tries the num
 One insert is the whole append, so the chain never forks and no entry is lost to a race.
 
 Two small records in `audit_state` complete the chain:
-- `head`: the newest sequence number and hash, advanced after each insert (never backwards).
-  Verification uses it to notice that the newest entries were removed.
+- `head`: the newest sequence number and hash, advanced after each insert (never backwards),
+  unacknowledged (w=0): it is a hint that may lag, so it costs no second durable write per
+  entry. Verification uses it to notice that the newest entries were removed.
 - `floor`: where a trim cut the chain (the first kept number and the hash it follows), written
   before the trimmed entries are deleted, so a trimmed head is told apart from a removed one.
 
@@ -50,6 +51,7 @@ from bson import ObjectId
 from flask import current_app, g, has_request_context, request
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.write_concern import WriteConcern
 
 from ..db import DURABLE
 from ..errors import ApiError
@@ -158,7 +160,9 @@ class AuditTrail:
         self.database = database
         self.entries = database.get_collection(ENTRIES, write_concern=DURABLE)
         self.state = database.get_collection(STATE, write_concern=DURABLE)
+        self.head_hint = database.get_collection(STATE, write_concern=WriteConcern(w=0))
         self._cursor_key: bytes | None = None
+        self._last: tuple[int, str] | None = None  # the newest entry this process wrote or met
 
     def ensure_indexes(self) -> None:
         self.entries.create_indexes(INDEXES)
@@ -169,8 +173,11 @@ class AuditTrail:
         """The number and prev hash to try first: after the head record, else after the
         floor (everything trimmed), else the very first entry."""
         head = self.state.find_one({"_id": HEAD})
-        if head:
+        last = self._last
+        if head and (last is None or int(head["seq"]) >= last[0]):
             return int(head["seq"]) + 1, head["hash"]
+        if last is not None:  # the head record lags behind what this process already saw
+            return last[0] + 1, last[1]
         floor = self.state.find_one({"_id": FLOOR})
         if floor:
             return int(floor["seq"]), floor["prev"]
@@ -196,21 +203,24 @@ class AuditTrail:
             except DuplicateKeyError:
                 taken = self.entries.find_one({"_id": seq}, {"hash": 1})
                 if taken is not None:  # someone else holds seq: follow it
+                    self._last = (seq, taken["hash"])
                     seq, prev = seq + 1, taken["hash"]
                 else:  # trimmed away meanwhile (never the newest): start again from the records
                     seq, prev = self._start()
                 if attempt > 3:
                     time.sleep(random.uniform(0, 0.002 * min(attempt, 20)))
                 continue
+            self._last = (seq, entry["hash"])
             self._advance_head(seq, entry["hash"])
             return entry
         raise RuntimeError(f"audit append lost {MAX_ATTEMPTS} races in a row")
 
     def _advance_head(self, seq: int, digest: str) -> None:
         """Move the head record forward to seq (never back: a slower appender's update of an
-        older number collides with the existing record and is dropped)."""
+        older number collides with the existing record and is dropped). Unacknowledged: a
+        lost update only leaves the head behind, which the next append and verify accept."""
         try:
-            self.state.update_one({"_id": HEAD, "seq": {"$lt": seq}}, {"$set": {"seq": seq, "hash": digest}},
+            self.head_hint.update_one({"_id": HEAD, "seq": {"$lt": seq}}, {"$set": {"seq": seq, "hash": digest}},
                                   upsert=True)
         except DuplicateKeyError:
             pass
