@@ -41,6 +41,7 @@ import logging
 import random
 import re
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ from typing import Any
 from bson import ObjectId
 from flask import current_app, g, has_request_context, request
 from pymongo import ASCENDING, DESCENDING, IndexModel
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
 from ..db import DURABLE
@@ -77,6 +78,7 @@ INDEXES = [
 ]
 # Appenders racing for one number step forward; this many lost races in a row is a fault.
 MAX_ATTEMPTS = 200
+MAX_BATCH = 100  # entries one group commit writes at most
 MAX_ID_LENGTH = 100
 MAX_DETAIL_TEXT = 500
 OUTCOMES = ("ok", "refused", "missing", "held", "duplicate", "failed")
@@ -149,6 +151,17 @@ class Verification:
         return self.problem is None
 
 
+@dataclass(eq=False)
+class _Ticket:
+    """One entry waiting to be written, and how its thread learns the outcome."""
+
+    body: dict[str, Any]
+    entry: dict[str, Any] | None = None
+    error: BaseException | None = None
+    lead: bool = False
+    woken: threading.Event = field(default_factory=threading.Event)
+
+
 class TrimRefused(Exception):
     """The entries a trim would delete do not verify; they are kept as evidence."""
 
@@ -163,6 +176,9 @@ class AuditTrail:
         self.head_hint = database.get_collection(STATE, write_concern=WriteConcern(w=0))
         self._cursor_key: bytes | None = None
         self._last: tuple[int, str] | None = None  # the newest entry this process wrote or met
+        self._lock = threading.Lock()
+        self._queue: list[_Ticket] = []
+        self._writing = False
 
     def ensure_indexes(self) -> None:
         self.entries.create_indexes(INDEXES)
@@ -186,33 +202,87 @@ class AuditTrail:
     def append(self, *, actor: dict[str, Any], action: str, outcome: str = "ok", ip: str | None = None,
                route: str | None = None, email_ids: Iterable[str] = (), count: int | None = None,
                details: Mapping[str, Any] | None = None, at: datetime | None = None) -> dict[str, Any]:
-        """Add one entry at the end of the chain and return it; PyMongoError propagates."""
+        """Add one entry at the end of the chain and return it once it is durably stored;
+        PyMongoError propagates (the entry may or may not be stored then: never less).
+
+        Group commit: the threads of one process that append at the same time share one
+        insert_many. The first to arrive writes a batch (its own entry first), then hands the
+        lead to the oldest waiting entry's thread; every thread returns only when its own
+        entry is stored, so nothing is answered before it is recorded."""
         if not _ACTION.match(action):
             raise ValueError(f"audit action {action!r} is not a short lower-case name")
-        body = {"v": VERSION, "at": _millisecond(at or datetime.now(timezone.utc)), "actor": _plain(actor),
-                "ip": ip, "route": route, "action": action, "outcome": outcome,
-                "email_ids": [str(item)[:MAX_ID_LENGTH] for item in email_ids],
-                "count": int(count) if count is not None else None,
-                "details": _plain(dict(details)) if details else None}
+        ticket = _Ticket({"v": VERSION, "at": _millisecond(at or datetime.now(timezone.utc)), "actor": _plain(actor),
+                          "ip": ip, "route": route, "action": action, "outcome": outcome,
+                          "email_ids": [str(item)[:MAX_ID_LENGTH] for item in email_ids],
+                          "count": int(count) if count is not None else None,
+                          "details": _plain(dict(details)) if details else None})
+        with self._lock:
+            self._queue.append(ticket)
+            ticket.lead = not self._writing
+            self._writing = True
+        if not ticket.lead:
+            ticket.woken.wait()
+        if ticket.lead and ticket.entry is None and ticket.error is None:
+            self._lead()
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.entry
+
+    def _lead(self) -> None:
+        """Write the batch at the head of the queue, then pass the lead on (or put it down)."""
+        with self._lock:
+            batch = self._queue[:MAX_BATCH]
+            del self._queue[:MAX_BATCH]
+        try:
+            self._write(batch)
+        except Exception as error:  # noqa: BLE001 - every waiting thread must hear of it
+            for ticket in batch:
+                if ticket.entry is None:
+                    ticket.error = error
+        finally:
+            with self._lock:
+                if self._queue:
+                    self._queue[0].lead = True
+                    self._queue[0].woken.set()
+                else:
+                    self._writing = False
+            for ticket in batch:
+                ticket.woken.set()
+
+    def _write(self, batch: list["_Ticket"]) -> None:
+        """Chain and insert the batch's entries; an entry number another writer took first
+        (DuplicateKeyError) is stepped over and the rest re-chained after it."""
         seq, prev = self._start()
+        pending = list(batch)
         for attempt in range(MAX_ATTEMPTS):
-            entry = {"_id": seq, **body, "prev": prev}
-            entry["hash"] = entry_hash(entry)
+            documents, link = [], prev
+            for offset, ticket in enumerate(pending):
+                entry = {"_id": seq + offset, **ticket.body, "prev": link}
+                entry["hash"] = link = entry_hash(entry)
+                documents.append(entry)
             try:
-                self.entries.insert_one(entry)
-            except DuplicateKeyError:
-                taken = self.entries.find_one({"_id": seq}, {"hash": 1})
-                if taken is not None:  # someone else holds seq: follow it
-                    self._last = (seq, taken["hash"])
-                    seq, prev = seq + 1, taken["hash"]
-                else:  # trimmed away meanwhile (never the newest): start again from the records
-                    seq, prev = self._start()
-                if attempt > 3:
-                    time.sleep(random.uniform(0, 0.002 * min(attempt, 20)))
-                continue
-            self._last = (seq, entry["hash"])
-            self._advance_head(seq, entry["hash"])
-            return entry
+                self.entries.insert_many(documents, ordered=True)
+                written = len(documents)
+            except BulkWriteError as error:
+                if any(problem.get("code") != 11000 for problem in error.details.get("writeErrors", [])):
+                    raise
+                written = error.details.get("nInserted", 0)
+            for ticket, entry in zip(pending[:written], documents[:written]):
+                ticket.entry = entry
+            if written:
+                self._last = (documents[written - 1]["_id"], documents[written - 1]["hash"])
+            pending = pending[written:]
+            if not pending:
+                self._advance_head(*self._last)
+                return
+            taken = self.entries.find_one({"_id": seq + written}, {"hash": 1})
+            if taken is not None:  # another writer holds that number: follow it
+                self._last = (seq + written, taken["hash"])
+                seq, prev = seq + written + 1, taken["hash"]
+            else:  # trimmed away meanwhile (never the newest): start again from the records
+                seq, prev = self._start()
+            if attempt > 3:
+                time.sleep(random.uniform(0, 0.002 * min(attempt, 20)))
         raise RuntimeError(f"audit append lost {MAX_ATTEMPTS} races in a row")
 
     def _advance_head(self, seq: int, digest: str) -> None:

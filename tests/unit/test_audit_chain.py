@@ -5,10 +5,12 @@ failure cases of a crash between an append's or a trim's steps."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import mongomock
 import pytest
+from pymongo.errors import ServerSelectionTimeoutError
 
 from improvmx_archive.access.audit import FLOOR, GENESIS, HEAD, AuditTrail, TrimRefused, entry_hash
 
@@ -203,3 +205,64 @@ def test_concurrent_appenders_neither_fork_nor_lose_entries(trail):
     assert sorted(written) == list(range(1, threads * each + 1))
     report = trail.verify()
     assert report.ok and report.checked == threads * each
+
+
+def test_two_hosts_with_concurrent_threads_share_one_chain():
+    """Two AuditTrail objects (two hosts: separate group commits) on one database."""
+    database = mongomock.MongoClient(tz_aware=True).db
+    hosts = [AuditTrail(database), AuditTrail(database)]
+    failures: list[BaseException] = []
+
+    def writer(n):
+        try:
+            for _ in range(20):
+                hosts[n % 2].append(actor={**ACTOR, "name": f"w{n}"}, action="view")
+        except BaseException as error:  # noqa: BLE001 - reported below
+            failures.append(error)
+
+    workers = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert failures == []
+    assert sorted(e["_id"] for e in database.audit_trail.find()) == list(range(1, 161))
+    assert hosts[0].verify().ok
+
+
+def test_threads_appending_together_share_a_write(trail, monkeypatch):
+    """Group commit: while one insert is in flight, the others queue and go in one batch."""
+    calls: list[int] = []
+    insert_many = trail.entries.insert_many
+    gate = threading.Event()
+
+    def slow_insert_many(documents, **kwargs):
+        calls.append(len(documents))
+        gate.wait(5)
+        return insert_many(documents, **kwargs)
+
+    monkeypatch.setattr(trail.entries, "insert_many", slow_insert_many)
+    threads = [threading.Thread(target=trail.append, kwargs={"actor": ACTOR, "action": "view"}) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 5
+    while len(trail._queue) < 5 and time.monotonic() < deadline:  # the first write holds, five wait
+        time.sleep(0.01)
+    gate.set()
+    for thread in threads:
+        thread.join()
+    assert calls == [1, 5]
+    assert trail.verify().ok and trail.entries.count_documents({}) == 6
+
+
+def test_a_failed_write_reaches_every_waiting_thread_and_the_next_append_works(trail, monkeypatch):
+    fill(trail, 1)
+
+    def down(*args, **kwargs):
+        raise ServerSelectionTimeoutError("no servers")
+
+    monkeypatch.setattr(trail.entries, "insert_many", down)
+    with pytest.raises(ServerSelectionTimeoutError):
+        fill(trail, 1)
+    monkeypatch.undo()
+    assert fill(trail, 1)[0]["_id"] == 2 and trail.verify().ok

@@ -137,7 +137,7 @@ def test_a_read_that_cannot_be_audited_is_not_served(app, client, team, monkeypa
     def down(*args, **kwargs):
         raise ServerSelectionTimeoutError("no servers")
 
-    monkeypatch.setattr(trail.entries, "insert_one", down)
+    monkeypatch.setattr(trail.entries, "insert_many", down)
     for path in (f"/emails/{ids['support@archive.test']}", f"/emails/{ids['support@archive.test']}/raw",
                  f"/emails/{ids['support@archive.test']}/attachments/0", "/emails", "/export.mbox"):
         reply = client.get(path, headers=auth["ana"])
