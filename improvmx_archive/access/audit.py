@@ -250,8 +250,8 @@ class AuditTrail:
                 ticket.woken.set()
 
     def _write(self, batch: list["_Ticket"]) -> None:
-        """Chain and insert the batch's entries; an entry number another writer took first
-        (DuplicateKeyError) is stepped over and the rest re-chained after it."""
+        """Chain and insert the batch's entries; when another writer took a number first
+        (DuplicateKeyError), the entries not yet stored are re-chained after its newest one."""
         seq, prev = self._start()
         pending = list(batch)
         for attempt in range(MAX_ATTEMPTS):
@@ -275,10 +275,13 @@ class AuditTrail:
             if not pending:
                 self._advance_head(*self._last)
                 return
-            taken = self.entries.find_one({"_id": seq + written}, {"hash": 1})
-            if taken is not None:  # another writer holds that number: follow it
-                self._last = (seq + written, taken["hash"])
-                seq, prev = seq + written + 1, taken["hash"]
+            # Another writer holds that number: follow the newest entry from there (one index
+            # range over what was written meanwhile), not one number at a time, or a writer
+            # stepping singly could fall behind one that writes whole batches.
+            newer = list(self.entries.find({"_id": {"$gte": seq + written}}, {"hash": 1}).sort("_id", ASCENDING))
+            if newer:
+                self._last = (newer[-1]["_id"], newer[-1]["hash"])
+                seq, prev = newer[-1]["_id"] + 1, newer[-1]["hash"]
             else:  # trimmed away meanwhile (never the newest): start again from the records
                 seq, prev = self._start()
             if attempt > 3:
