@@ -266,3 +266,28 @@ def test_a_failed_write_reaches_every_waiting_thread_and_the_next_append_works(t
         fill(trail, 1)
     monkeypatch.undo()
     assert fill(trail, 1)[0]["_id"] == 2 and trail.verify().ok
+
+
+def test_the_maintenance_trim_runs_under_a_lease_on_one_worker(trail):
+    from improvmx_archive.access.audit import AuditRetention
+    from improvmx_archive.lease import Lease
+
+    fill(trail, 3, days_ago=400)
+    fill(trail, 2)
+    first = AuditRetention(trail, Lease(trail.database, "audit-trim"), 365)
+    second = AuditRetention(trail, Lease(trail.database, "audit-trim"), 365)  # another worker or host
+    assert first.run_if_due() == 3
+    fill(trail, 1, days_ago=400)  # (out of order in time: stays, it follows a younger entry)
+    assert second.run_if_due() == 0  # the lease is held for the interval
+    assert trail.verify().ok and trail.verify().first == 4
+
+
+def test_audit_retention_days_setting(tmp_path):
+    from improvmx_archive.config import ConfigError
+    from tests.conftest import make_settings
+
+    assert make_settings(tmp_path).audit_retention_days == 365
+    assert make_settings(tmp_path, AUDIT_RETENTION_DAYS="30").audit_retention_days == 30
+    assert make_settings(tmp_path, AUDIT_RETENTION_DAYS="0").audit_retention_days == 0
+    with pytest.raises(ConfigError, match="AUDIT_RETENTION_DAYS"):
+        make_settings(tmp_path, AUDIT_RETENTION_DAYS="a year")
