@@ -60,7 +60,7 @@ from ..listing import CursorCodec, int_param
 from ..query import QueryError
 from ..security import client_ip
 from ..times import api_time, as_utc
-from .principal import Principal
+from .principal import OPERATOR_NAME, Principal
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ STATE = "audit_state"
 HEAD = "head"
 FLOOR = "floor"
 GENESIS = "0" * 64  # what the very first entry follows
+ANONYMOUS = {"name": "anonymous", "person_id": None, "key_id": None, "via": None}  # nobody signed in yet
 VERSION = 1
 INDEXES = [
     IndexModel([("actor.person_id", ASCENDING), ("_id", DESCENDING)], name="by_person"),
@@ -482,10 +483,12 @@ def parse_query(args: Mapping[str, str], principal: Principal, people) -> AuditQ
             found = people.by_id(person)
         if found is not None:
             wanted = str(found["_id"])
-        elif person == "operator":
+        elif person in (OPERATOR_NAME, ANONYMOUS["name"]):
             wanted = None
+            if principal.is_admin:
+                selector["actor.name"] = person
         else:
-            raise QueryError("'person' names no one: give a person's name or id, or 'operator'")
+            raise QueryError("'person' names no one: give a person's name or id, 'operator' or 'anonymous'")
         if principal.is_admin:
             selector["actor.person_id"] = wanted
         elif wanted != principal.person_id:
@@ -519,19 +522,21 @@ def parse_limit(args: Mapping[str, str]) -> int:
 
 def record(action: str, outcome: str = "ok", *, principal: Principal | None = None, email_ids: Iterable[str] = (),
            count: int | None = None, details: Mapping[str, Any] | None = None, ip: str | None = None) -> dict[str, Any]:
-    """Write one entry. In a request, principal defaults to g.principal and ip to the client's
-    address; elsewhere (CLI) the caller passes the principal. Raises AuditUnavailable (503)
-    when MongoDB does not take it, so an audited read is never served unrecorded."""
+    """Write one entry. In a request, principal defaults to g.principal (no one signed in yet,
+    e.g. a failed sign-in: the `anonymous` actor) and ip to the client's address; elsewhere
+    (CLI) the caller passes the principal. Raises AuditUnavailable (503) when MongoDB does not
+    take it, so an audited read is never served unrecorded."""
     in_request = has_request_context()
+    if principal is None and not in_request:
+        raise ValueError("record() outside a request needs a principal")
     if principal is None:
-        principal = g.get("principal") if in_request else None
-        if principal is None:
-            raise ValueError("record() outside a request needs a principal")
+        principal = g.get("principal")
+    actor = principal.actor() if principal is not None else dict(ANONYMOUS)
     if ip is None and in_request:
         ip = client_ip()
     trail: AuditTrail = current_app.extensions["audit_trail"]
     try:
-        return trail.append(actor=principal.actor(), action=action, outcome=outcome, ip=ip,
+        return trail.append(actor=actor, action=action, outcome=outcome, ip=ip,
                             route=request.endpoint if in_request else None, email_ids=email_ids,
                             count=count, details=details)
     except (PyMongoError, RuntimeError) as error:

@@ -278,3 +278,32 @@ def test_the_audit_hooks_live_in_the_scoped_archive_not_in_routes():
     callers = sorted(path.name for path in list((root / "routes").glob("*.py")) + list((root / "ui").glob("*.py"))
                      if "audit.record(" in path.read_text())
     assert callers == ["transfer.py"]
+
+
+def test_record_without_anyone_signed_in_is_the_anonymous_actor(app, client, team):
+    """What a failed sign-in records (wired by the sign-in code through the same call)."""
+    from improvmx_archive.access import audit
+
+    with app.test_request_context("/ui/login", environ_base={"REMOTE_ADDR": "198.51.100.9"}):
+        entry = audit.record("signin", "failed", details={"email": "ana@archive.test"})
+    assert entry["actor"]["name"] == "anonymous" and entry["ip"] == "198.51.100.9"
+    _, auth, _ = team
+    shown = client.get("/audit?person=anonymous", headers=auth["root"]).get_json()["entries"]
+    assert [e["action"] for e in shown] == ["signin"]
+    assert client.get("/audit?person=operator", headers=auth["root"]).get_json()["entries"] == []
+    with app.app_context(), pytest.raises(ValueError):
+        audit.record("purge")  # outside a request, the caller must say who
+
+
+def test_the_audit_page_pages_by_cursor_without_script(app, client, team):
+    ids, auth, _ = team
+    for _ in range(55):
+        client.get(f"/emails/{ids['support@archive.test']}", headers=auth["ana"])
+    sign_in(client)
+    first = page(client, "/ui/audit?action=view")
+    older = re.search(r'href="(/ui/audit\?[^"]*cursor=[^"]+)" rel="next"', first)
+    assert older, "no link to older entries"
+    second = page(client, older.group(1).replace("&amp;", "&"))
+    assert "↑ Newest" in second and 'rel="next"' not in second
+    assert len(re.findall(r"<tr class=\"outcome-", first)) == 50
+    assert len(re.findall(r"<tr class=\"outcome-", second)) == 5
