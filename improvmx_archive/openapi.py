@@ -178,8 +178,9 @@ AUDIT_PATHS = {
                        "naming it.",
         "security": BEARER,
         "parameters": [
-            _param("person", "query", {"type": "string"}, "A person's name or id, or `operator` (API_KEY keys). "
-                                                          "A member always reads only their own entries."),
+            _param("person", "query", {"type": "string"},
+                   "A person's name or id, `operator` (API_KEY keys, the CLI) or `anonymous` (nobody signed "
+                   "in). A member always reads only their own entries."),
             _param("action", "query", {"type": "string"}, "e.g. view, list, download, delete."),
             _param("email_id", "query", {"type": "string"}, "Entries about this message."),
             _param("since", "query", {"type": "string", "format": "date-time"}, "At or after (ISO 8601)."),
