@@ -156,7 +156,8 @@ AUDIT_ENTRY = {"type": "object", "properties": {
               "properties": {"name": {"type": "string"}, "person_id": {"type": ["string", "null"]},
                              "key_id": {"type": ["string", "null"]}, "via": {"type": "string"}}},
     "ip": {"type": ["string", "null"], "description": "The client address (null for the CLI)."},
-    "route": {"type": ["string", "null"], "description": "The endpoint that acted (e.g. emails.get_email, ui.message)."},
+    "route": {"type": ["string", "null"],
+              "description": "The endpoint that acted (e.g. emails.get_email, ui.message)."},
     "action": {"type": "string", "description": "view, list, download, export, processed, hold, delete, import, "
                                                 "purge, and sign-in, key and person changes."},
     "outcome": {"type": "string", "description": "ok; refused (the message exists outside the caller's view: "

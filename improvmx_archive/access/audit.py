@@ -112,7 +112,8 @@ def canonical(entry: Mapping[str, Any]) -> bytes:
     """The bytes an entry's hash covers: every field but the hash itself, in a fixed form."""
     at = as_utc(entry["at"]).astimezone(timezone.utc)
     content = {
-        "v": entry.get("v"), "seq": entry["_id"], "at": at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z",
+        "v": entry.get("v"), "seq": entry["_id"],
+        "at": at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z",
         "actor": entry.get("actor"), "ip": entry.get("ip"), "route": entry.get("route"),
         "action": entry.get("action"), "outcome": entry.get("outcome"), "email_ids": entry.get("email_ids"),
         "count": entry.get("count"), "details": entry.get("details"), "prev": entry.get("prev"),

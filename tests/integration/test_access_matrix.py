@@ -370,7 +370,8 @@ def test_ui_matrix(world):
                  for label in ("support", "sales", "shop")}
         reply = post("/ui/emails/delete", [("confirm", "yes"), *[("ids", i) for i in fresh.values()]])
         matrix.check(f"{caller} POST /ui/emails/delete", reply, ui_expected(caller, "POST"))
-        gone = {label for label, email_id in fresh.items() if database.emails.find_one({"_id": ObjectId(email_id)}) is None}
+        gone = {label for label, email_id in fresh.items()
+                if database.emails.find_one({"_id": ObjectId(email_id)}) is None}
         matrix.expect(f"{caller} POST /ui/emails/delete", gone == VIEW[caller] & {"support", "sales", "shop"},
                       f"deleted {gone}")
     matrix.done()
