@@ -372,8 +372,11 @@ class AuditTrail:
         newest = self.entries.find_one({}, {"_id": 1}, sort=[("_id", DESCENDING)])
         if newest is None:
             return removed
-        young = self.entries.find_one({"_id": {"$gte": start}, "at": {"$gte": _millisecond(older_than)}},
-                                      {"_id": 1}, sort=[("_id", ASCENDING)])
+        # Walk the numbers from the start (the old entries come first), not the time index:
+        # that would sort every young entry to find the lowest number.
+        young = next(iter(self.entries.find({"_id": {"$gte": start}, "at": {"$gte": _millisecond(older_than)}},
+                                            {"_id": 1}).sort("_id", ASCENDING).hint([("_id", ASCENDING)]).limit(1)),
+                     None)
         keep_from = min(young["_id"] if young else newest["_id"], newest["_id"])
         if keep_from <= start:
             return removed

@@ -72,3 +72,21 @@ def test_purge_records_the_deleted_ids_as_the_cli(secantus_app, sample_payload):
     assert entry["email_ids"] == [email_id] and entry["count"] == 1
     assert entry["actor"] == {"name": "operator", "person_id": None, "key_id": None, "via": "cli"}
     assert AuditTrail(secantus_app.extensions["database"]).verify().ok
+
+
+def test_trim_on_a_real_server_keeps_a_chain_that_verifies(secantus_app):
+    from datetime import datetime, timedelta, timezone
+
+    trail = secantus_app.extensions["audit_trail"]
+    actor = {"name": "ana", "person_id": "p1", "key_id": None, "via": "key"}
+    for days in (400, 400, 400, 2, 1):
+        trail.append(actor=actor, action="view", at=datetime.now(timezone.utc) - timedelta(days=days))
+    runner = secantus_app.test_cli_runner()
+    result = runner.invoke(args=["audit", "trim", "--days", "30"])
+    assert result.exit_code == 0 and "removed 3 entries" in result.output, result.output
+    assert sorted(e["_id"] for e in trail.entries.find({}, {"_id": 1})) == [4, 5]
+    verified = runner.invoke(args=["audit", "verify"])
+    assert verified.exit_code == 0 and "ok: 2 entries verified (entries 4 to 5)" in verified.output
+    trail.entries.delete_one({"_id": 4})
+    failed = runner.invoke(args=["audit", "verify"])
+    assert failed.exit_code == 1 and "entry 4: missing" in failed.output
