@@ -5,8 +5,9 @@ Entries (collection `audit_trail`) are numbered: `_id` is the sequence number, u
 construction, and each entry holds `prev`, the hash of the entry before it, and `hash`, a
 SHA-256 over its own canonical content (sequence number and `prev` included). Appending reads
 the head record, inserts the next number and, when another worker or host took that number
-first (DuplicateKeyError), steps forward to the entry that won and tries the number after it.
-One insert is the whole append, so the chain never forks and no entry is lost to a race.
+first (DuplicateKeyError), re-chains after the newest entry written meanwhile and tries again.
+One insert is the whole append, so the chain never forks and no entry is lost to a race. The
+threads of one process appending at the same moment share that insert (group commit).
 
 Two small records in `audit_state` complete the chain:
 - `head`: the newest sequence number and hash, advanced after each insert (never backwards),
@@ -20,7 +21,8 @@ Failure cases (each leaves a chain that verifies):
   before the answer), a change already made stays unrecorded (documented in docs/security.md).
 - A crash between the insert and the head update: the head lags; the next append steps over
   the entries the head does not know yet, and verification accepts a head behind the last entry.
-- Two appenders on one number: one insert wins, the other steps forward and retries.
+- Two appenders on one number: one insert wins, the other re-chains after it and retries (in
+  a batch, the entries before the taken number stay and the rest are re-chained).
 - A crash during a trim after the floor moved: the entries below it wait (verification skips
   and counts them); the next trim deletes them.
 
@@ -82,7 +84,6 @@ MAX_ATTEMPTS = 200
 MAX_BATCH = 100  # entries one group commit writes at most
 MAX_ID_LENGTH = 100
 MAX_DETAIL_TEXT = 500
-OUTCOMES = ("ok", "refused", "missing", "held", "duplicate", "failed")
 _ACTION = re.compile(r"^[a-z][a-z0-9_.-]{0,39}$")
 _CURSOR_FORMAT = ">q"
 _MAC_BYTES = 16

@@ -14,7 +14,7 @@ from improvmx_archive.access.audit import ENTRIES
 from improvmx_archive.sample import sample_mime
 from improvmx_archive.ui.sessions import COOKIE_NAME
 from tests.conftest import API_KEY
-from tests.ui_helpers import csrf_token, mime, page, sign_in
+from tests.ui_helpers import csrf_token, page, sign_in
 
 
 def _payload(to: str, subject: str) -> dict:
