@@ -326,7 +326,9 @@ class AuditTrail:
             seq = entry["_id"]
             if progress:
                 progress(1)
-            if not isinstance(seq, int) or seq != expected:
+            if not isinstance(seq, int):
+                return fail(expected, f"missing: an entry numbered {str(seq)[:40]!r} stands where it should be")
+            if seq != expected:
                 if previous is None and floor is None:
                     return fail(expected, f"missing: entries {expected} to {seq - 1} were removed from the start "
                                           "of the trail without a trim")

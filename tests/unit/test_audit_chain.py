@@ -291,3 +291,12 @@ def test_audit_retention_days_setting(tmp_path):
     assert make_settings(tmp_path, AUDIT_RETENTION_DAYS="0").audit_retention_days == 0
     with pytest.raises(ConfigError, match="AUDIT_RETENTION_DAYS"):
         make_settings(tmp_path, AUDIT_RETENTION_DAYS="a year")
+
+
+def test_an_entry_renumbered_with_a_string_is_named(trail):
+    fill(trail, 3)
+    moved = trail.entries.find_one({"_id": 3})
+    trail.entries.delete_one({"_id": 3})
+    trail.entries.insert_one({**moved, "_id": "3"})
+    found = problem(trail)
+    assert found.seq == 3 and "missing" in found.reason
