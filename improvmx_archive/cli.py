@@ -59,6 +59,7 @@ def create_indexes_command():
     create_indexes(database)
     current_app.extensions["people"].ensure_indexes()
     current_app.extensions["keys"].ensure_indexes()
+    current_app.extensions["audit_trail"].ensure_indexes()
     pending = blobrefs.unmigrated_count(database.emails)
     migrated = tagged = 0
     if pending:
