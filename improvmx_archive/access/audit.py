@@ -229,6 +229,8 @@ class AuditTrail:
             self._lead()
         if ticket.error is not None:
             raise ticket.error
+        if ticket.entry is None:  # never answer as if recorded when it was not
+            raise RuntimeError("audit entry not written")
         return ticket.entry
 
     def _lead(self) -> None:
@@ -243,6 +245,9 @@ class AuditTrail:
                 if ticket.entry is None:
                     ticket.error = error
         finally:
+            for ticket in batch:
+                if ticket.entry is None and ticket.error is None:  # interrupted (BaseException)
+                    ticket.error = RuntimeError("audit write interrupted")
             with self._lock:
                 if self._queue:
                     self._queue[0].lead = True
