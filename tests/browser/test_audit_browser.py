@@ -11,7 +11,7 @@ import pytest
 import requests
 from pymongo import MongoClient
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import Select
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from devtools import browser, processes
 from improvmx_archive.access.keys import Keys
@@ -69,12 +69,12 @@ def test_an_admin_filters_the_trail_with_javascript_off(no_script, archive):
     assert driver.find_elements(By.CSS_SELECTOR, ".messages")  # signed in, no script needed
     driver.get(f"{base}/ui/emails/{ids['sales@archive.test']}")  # the admin's own view
     driver.find_element(By.LINK_TEXT, "Audit").click()
-    assert driver.current_url.startswith(base + "/ui/audit")
+    WebDriverWait(driver, 15).until(lambda d: d.current_url.startswith(base + "/ui/audit"))
     form = driver.find_element(By.CSS_SELECTOR, "form.audit-filters")
     Select(form.find_element(By.NAME, "person")).select_by_value("ana")
     Select(form.find_element(By.NAME, "action")).select_by_visible_text("view")
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    assert "person=ana" in driver.current_url and "action=view" in driver.current_url
+    WebDriverWait(driver, 15).until(lambda d: "person=ana" in d.current_url and "action=view" in d.current_url)
     rows = [row.text for row in driver.find_elements(By.CSS_SELECTOR, "table.audit tbody tr")]
     assert len(rows) == 2 and all("ana" in row and "view" in row for row in rows)
     assert any("refused" in row and ids["sales@archive.test"] in row for row in rows)
