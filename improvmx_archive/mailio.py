@@ -74,6 +74,8 @@ FROM_LINE = re.compile(rb"^(>*From )", re.M)
 QUOTED_FROM_LINE = re.compile(rb"^>(>*From )", re.M)
 
 MIME_POLICY = email_policy.default.clone(cte_type="7bit", refold_source="none")
+MAX_HEADER_LINE = 78  # RFC 5322's recommended line length, in octets
+ADDRESS_STAND_IN = "stand-in@archive.invalid"
 BASE64_LINE_BYTES = 57  # 76 base64 characters per line, as RFC 2045 asks
 BASE64_LINE_CHARS = 76
 EXPORT_BATCH = 200  # message ids fetched per keyset page of an export
@@ -83,45 +85,94 @@ EXPORT_BATCH = 200  # message ids fetched per keyset page of an export
 # Header values: neutralised, encoded and folded here, so hostile stored values stay one header
 # ---------------------------------------------------------------------------------------------
 
+def valid_text(value: str) -> str:
+    """The text with lone surrogates (a JSON escape such as \\udc00 that no UTF-8 can carry,
+    kept as received in spilled bodies and headers) replaced by U+FFFD."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
+
+
 def one_line(value: str) -> str:
     """CR, LF and other control characters become a space: a value can never start a header."""
-    return CONTROL_CHARACTERS.sub(" ", value).strip()
+    return CONTROL_CHARACTERS.sub(" ", valid_text(value)).strip()
+
+
+class Utf8Addresses(str):
+    """An address list holding an address that is not ASCII (RFC 6531 `josé@exämple.com`,
+    or U+FFFD from damaged bytes). An address has no encoded form (RFC 2047 words are not
+    allowed in one, and IDNA changes what a grant or search matches), so the header is
+    written as UTF-8 (RFC 6532). `texts` are the list's addresses, for folding."""
+
+    texts: tuple[str, ...]
+
+    def __new__(cls, texts: Iterable[str]) -> "Utf8Addresses":
+        texts = tuple(texts)
+        value = super().__new__(cls, ", ".join(texts))
+        value.texts = texts
+        return value
+
+
+class Utf8Header(str):
+    """A header value the rebuild has folded itself, written as UTF-8 (RFC 6532)."""
+
+
+def _fold_utf8_addresses(name: str, texts: tuple[str, ...]) -> Utf8Header:
+    """One address per continuation line once a line would pass 78 octets: a fold may
+    only fall between addresses, never inside one."""
+    folded, width = "", len(name) + 2
+    for number, text in enumerate(texts):
+        size = len(text.encode("utf-8"))
+        if number and width + 2 + size > MAX_HEADER_LINE:
+            folded, width = f"{folded},\n {text}", 1 + size
+        else:
+            folded, width = (f"{folded}, {text}", width + 2 + size) if number else (text, width + size)
+    return Utf8Header(folded)
 
 
 def encode_header_value(name: str, value: str) -> str:
-    """An ASCII header value, folded at spaces; non-ASCII text as RFC 2047 encoded words."""
+    """An ASCII header value, folded at spaces; non-ASCII text as RFC 2047 encoded words;
+    an address list holding a non-ASCII address as folded UTF-8 (see Utf8Addresses)."""
+    if isinstance(value, Utf8Addresses):
+        return _fold_utf8_addresses(name, value.texts)
     value = one_line(value)
     charset = None if value.isascii() else "utf-8"
     return Header(value, charset, header_name=name).encode(splitchars=" ", linesep="\n")
 
 
 def _clean_address(value: Any) -> str | None:
-    """`local@domain` cut where a character would end it in a list; IDNA for the domain."""
-    email_address = ADDRESS_SPECIALS.split(str(value or "").strip().lstrip("<"), 1)[0]
+    """`local@domain` cut where a character would end it in a list. A non-ASCII address is
+    kept as it is (no IDNA: `straße.de` is not `strasse.de`, and a grant names the address
+    as stored)."""
+    email_address = ADDRESS_SPECIALS.split(valid_text(str(value or "")).strip().lstrip("<"), 1)[0]
     if email_address.count("@") != 1:
         return None
-    local, _, domain = email_address.rpartition("@")
-    if not domain.isascii():
-        try:
-            domain = domain.encode("idna").decode("ascii")
-        except UnicodeError:
-            pass
-    return f"{local}@{domain}"
+    return email_address
 
 
 def _address_text(address: Mapping[str, Any]) -> str | None:
-    """`Name <local@domain>` from a stored {name, email}."""
+    """`Name <local@domain>` from a stored {name, email}: the name quoted, or RFC 2047
+    encoded when it is not ASCII; the address as it is."""
     email_address = _clean_address(address.get("email"))
     if email_address is None:
         return None
     name = address.get("name")
-    return formataddr((one_line(name) if isinstance(name, str) else "", email_address), charset="utf-8")
+    name = one_line(name) if isinstance(name, str) else ""
+    if email_address.isascii() or not name:
+        return formataddr((name, email_address), charset="utf-8") if email_address.isascii() else email_address
+    # formataddr refuses a non-ASCII address: let it write the name around a stand-in.
+    return formataddr((name, ADDRESS_STAND_IN), charset="utf-8").removesuffix(f"<{ADDRESS_STAND_IN}>") \
+        + f"<{email_address}>"
 
 
 def format_addresses(value: Any) -> str | None:
     addresses, _ = parse_address_list(value)
     texts = [text for text in (_address_text(address) for address in addresses) if text]
-    return ", ".join(texts) or None
+    if not texts:
+        return None
+    return ", ".join(texts) if all(text.isascii() for text in texts) else Utf8Addresses(texts)
 
 
 def _scalar_text(value: Any) -> str | None:
@@ -140,7 +191,9 @@ def _header_texts(name: str, value: Any) -> list[str]:
     lower = name.lower()
     if lower == "return-path":
         found = [_clean_address(address["email"]) for address in parse_address_list(value)[0]]
-        return [f"<{found[0]}>"] if found and found[0] else []
+        if not found or not found[0]:
+            return []
+        return [f"<{found[0]}>" if found[0].isascii() else Utf8Addresses([f"<{found[0]}>"])]
     if lower in ADDRESS_LISTS:
         text = format_addresses(value)
         return [text] if text else []
@@ -287,13 +340,22 @@ def _body_tree(document: Mapping[str, Any], boundaries: Iterator[str]) -> MIMEPa
 
 
 class _SkeletonGenerator(BytesGenerator):
-    """Writes a message/* part's token as plain text: the stock generator expects a parsed
-    message object there."""
+    """Writes a message/* part's token as plain text (the stock generator expects a parsed
+    message object there), and the headers the rebuild folded as UTF-8 as they are (the
+    stock one writes ASCII only, or re-encodes them as RFC 2047 words)."""
 
     def _handle_message(self, msg):
         self._handle_text(msg)
 
     _handle_message_delivery_status = _handle_message
+
+    def _write_headers(self, msg):
+        for name, value in msg.raw_items():
+            if isinstance(value, Utf8Header):
+                self._fp.write((f"{name}: {value}".replace("\n", self._NL) + self._NL).encode("utf-8"))
+            else:
+                self._fp.write(self.policy.fold_binary(name, value))
+        self.write(self._NL)
 
 
 class Rebuild:
@@ -423,8 +485,11 @@ def eml_filename(document: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def mbox_separator(document: Mapping[str, Any]) -> bytes:
-    """`From <sender> <asctime>`: the sender without spaces, the time in UTC."""
-    sender = ADDRESS_SPECIALS.sub("", str(document.get("from_email") or "")).encode("ascii", "ignore").decode()
+    """`From <sender> <asctime>`: the sender without spaces (MAILER-DAEMON when it is not
+    ASCII: the line is not MIME, and dropping characters would name someone else), the time
+    in UTC."""
+    sender = ADDRESS_SPECIALS.sub("", str(document.get("from_email") or ""))
+    sender = sender if sender.isascii() else ""
     received = document.get("received_at")
     moment = as_utc(received).astimezone(timezone.utc) if isinstance(received, datetime) else datetime.now(timezone.utc)
     return f"From {sender or 'MAILER-DAEMON'} {time.asctime(moment.timetuple())}\n".encode()
