@@ -270,6 +270,14 @@ def _content_id(cid: Any) -> str | None:
     return f"<{cid}>" if cid else None
 
 
+# message/* parts that mailparse keeps whole (as the message's bytes): they travel as 8bit
+# text. It keeps only the body of any other message/* part (external-body, partial, global,
+# disposition-notification...), parsing the stored text's first lines as headers.
+WHOLE_MESSAGE_TYPES = frozenset({"message/rfc822", "message/delivery-status"})
+# The header block a stored message/* body is framed in (see PartSlot.encapsulated).
+ENCAPSULATED_HEADERS = ('Content-Type: text/plain; charset="utf-8"', "Content-Transfer-Encoding: base64")
+
+
 @dataclass
 class PartSlot:
     """A stored part whose bytes stream into the skeleton where its token stands."""
@@ -277,6 +285,11 @@ class PartSlot:
     position: int
     record: dict[str, Any]
     as_text: bool  # message/* parts travel as 8bit text (RFC 2046 forbids base64 for them)
+    # Any other message/* part travels as the entity RFC 2046 puts in its body: a header
+    # block of its own, then the stored bytes in base64. Written as 8bit text, the stored
+    # bytes came back with the file's line endings (CRLF in an .eml) and lost any first lines
+    # shaped like headers.
+    encapsulated: bool = False
 
 
 def _body_part(subtype: str, text: str) -> MIMEPart:
@@ -296,9 +309,11 @@ def _container(subtype: str, children: list[MIMEPart], boundary: str, **params: 
     return part
 
 
-def _stored_part(record: dict[str, Any], token: str, *, inline: bool) -> tuple[MIMEPart, bool]:
+def _stored_part(record: dict[str, Any], token: str, *, inline: bool) -> tuple[MIMEPart, bool, bool]:
     content_type = _part_type(record)
     as_text = content_type.startswith("message/") and record.get("stored_as") == "text"
+    encapsulated = as_text and content_type not in WHOLE_MESSAGE_TYPES
+    as_text = as_text and not encapsulated
     part = MIMEPart(MIME_POLICY)
     part["Content-Type"] = content_type
     if content_type.startswith("text/") and record.get("stored_as") == "text":
@@ -314,9 +329,9 @@ def _stored_part(record: dict[str, Any], token: str, *, inline: bool) -> tuple[M
     description = record.get("description")
     if isinstance(description, str) and one_line(description):
         part["Content-Description"] = one_line(description)
-    part["Content-Transfer-Encoding"] = "8bit" if as_text else "base64"
+    part["Content-Transfer-Encoding"] = "7bit" if encapsulated else "8bit" if as_text else "base64"
     part.set_payload(token)
-    return part, as_text
+    return part, as_text, encapsulated
 
 
 def _boundaries(document: Mapping[str, Any]) -> Iterator[str]:
@@ -381,8 +396,8 @@ class Rebuild:
         self.tree = tree if tree is not None else _body_part("plain", "")
 
     def _slot(self, position: int, record: dict[str, Any], *, inline: bool) -> MIMEPart:
-        part, as_text = _stored_part(record, f"{self.nonce}{len(self.slots):06d}", inline=inline)
-        self.slots.append(PartSlot(position, record, as_text))
+        part, as_text, encapsulated = _stored_part(record, f"{self.nonce}{len(self.slots):06d}", inline=inline)
+        self.slots.append(PartSlot(position, record, as_text, encapsulated))
         return part
 
     def skeleton(self, linesep: str) -> list[bytes]:
@@ -451,6 +466,8 @@ class MessageSource:
                 if slot.as_text:
                     yield quote(_text_lines(chunks, linesep))
                 else:
+                    if slot.encapsulated:
+                        yield linesep.join(line.encode() for line in ENCAPSULATED_HEADERS) + linesep * 2
                     yield from _base64_lines(chunks, linesep)
             # The token stood alone on its line: the generator's line break after it is ours.
             yield quote(following[len(linesep):] if following.startswith(linesep) else following)
