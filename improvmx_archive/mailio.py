@@ -27,7 +27,7 @@ from email.generator import BytesGenerator
 from email.header import Header
 from email.message import EmailMessage, MIMEPart
 from email.parser import BytesHeaderParser
-from email.utils import formataddr, parsedate_to_datetime
+from email.utils import format_datetime, formataddr, parsedate_to_datetime
 from io import BytesIO
 from pathlib import Path
 from typing import Any, Generator, Iterable, Iterator, Mapping
@@ -480,13 +480,28 @@ class MessageSource:
         return blob.chunks
 
 
+class Unrebuildable(Exception):
+    """A stored message the rebuild cannot turn into MIME (a bug met on unusual stored data);
+    `reason` names what failed, never the stored values."""
+
+    def __init__(self, email_id: str, reason: str):
+        super().__init__(f"{email_id}: {reason}")
+        self.email_id = email_id
+        self.reason = reason
+
+
 def rebuild_message(archive, email_id: str, linesep: bytes = b"\r\n") -> Iterator[bytes] | None:
     """The message rebuilt as RFC 5322 bytes (CRLF line endings by default), streamed; None
-    for an unknown id. The API's /raw, the CLI's .eml export and the UI's source view use it."""
+    for an unknown id. The API's /raw, the CLI's .eml export and the UI's source view use it.
+    Raises Unrebuildable before the first byte when the message cannot be rebuilt."""
     document = archive.find(email_id)
     if document is None:
         return None
-    return MessageSource(archive, document).chunks(linesep)
+    try:
+        return MessageSource(archive, document).chunks(linesep)
+    except Exception as error:
+        log.exception("rebuild: message cannot be rebuilt email_id=%s", email_id)
+        raise Unrebuildable(email_id, f"cannot be rebuilt ({type(error).__name__})") from error
 
 
 def eml_filename(document: Mapping[str, Any]) -> str:
@@ -572,16 +587,83 @@ def oldest_first(archive, query: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         last = (page[-1]["received_at"], page[-1]["_id"])
 
 
+INCOMPLETE_EXPORT_HEADER = "X-Archive-Export-Incomplete"
+MARKER_SENDER = "ImprovMX Webhook Archive <export@archive.invalid>"
+
+
+class MboxExport:
+    """Every message a query matches as one mbox, oldest first, streamed.
+
+    A message that cannot be rebuilt (or whose parts fail to read half-way) must not end
+    everyone's export, and must not be missing in silence either: the export goes on, and
+    ends with a marker message naming each one (see incomplete_export_marker). Closing the
+    iterator (a client that went away) stops the export and closes the part being read.
+    """
+
+    def __init__(self, archive, query: Mapping[str, Any], progress=None):
+        self.archive = archive
+        self.query = query
+        self.progress = progress  # called with 1 per message considered (a CLI progress bar)
+        self.written = 0
+        self.missing: list[tuple[str, str]] = []  # (email_id, why it is not in the file)
+
+    def __iter__(self) -> Iterator[bytes]:
+        for document in oldest_first(self.archive, self.query):
+            if self.progress is not None:
+                self.progress(1)
+            email_id = str(document["_id"])
+            try:
+                entry = mbox_entry(self.archive, document)
+            except Exception as error:
+                log.exception("export: message cannot be rebuilt, named in the closing marker email_id=%s", email_id)
+                self.missing.append((email_id, f"cannot be rebuilt ({type(error).__name__})"))
+                continue
+            try:
+                with contextlib.closing(entry):  # closed early, it closes the part being read
+                    for chunk in entry:
+                        yield chunk
+            except Exception as error:
+                # Bytes of it are out already: end its line and entry so the next one parses.
+                log.exception("export: message cut short, named in the closing marker email_id=%s", email_id)
+                self.missing.append((email_id, f"incomplete, its parts could not be read ({type(error).__name__})"))
+                yield b"\n\n"
+                continue
+            self.written += 1
+        if self.missing:
+            yield incomplete_export_marker(self.missing)
+
+
 def mbox_export(archive, query: Mapping[str, Any]) -> Iterator[bytes]:
-    """The whole mbox, streamed. Closing the generator (a client that went away) stops the
-    export and closes the part being read."""
-    for document in oldest_first(archive, query):
-        try:
-            entry = mbox_entry(archive, document)
-        except Exception:  # one unrebuildable message must not end everyone's export
-            log.exception("export: message skipped, it cannot be rebuilt email_id=%s", document["_id"])
-            continue
-        yield from entry
+    """The whole mbox, streamed, closed by a marker message if any message is missing."""
+    return iter(MboxExport(archive, query))
+
+
+def incomplete_export_marker(missing: list[tuple[str, str]]) -> bytes:
+    """The mbox entry that ends an export some messages are missing from.
+
+    An HTTP download has already answered 200 when a message fails, and a trailer does not
+    survive every proxy; a last message is what every mail program, `grep` and script sees.
+    It carries X-Archive-Export-Incomplete (the count) and lists each id with the reason.
+    """
+    now = datetime.now(timezone.utc)
+    lines = "\n".join(f"{email_id} {why}" for email_id, why in missing)
+    message = EmailMessage(MIME_POLICY)
+    message["From"] = MARKER_SENDER
+    message["Date"] = format_datetime(now)
+    message["Subject"] = f"Export incomplete: {len(missing)} message(s) are not in this file"
+    message["Message-ID"] = "<export-incomplete-%s@archive.invalid>" % hashlib.sha256(
+        f"{now.isoformat()}\n{lines}".encode()).hexdigest()[:32]
+    message[INCOMPLETE_EXPORT_HEADER] = str(len(missing))
+    message.set_content(
+        f"This export is incomplete: the {len(missing)} message(s) below matched it but are not in\n"
+        "this file (or, if cut short, not whole). Every other message is. They are still stored\n"
+        "in the archive: read them with GET /emails/<id> or in the web UI, and report the reason\n"
+        "shown, with the server's log line for the id, as a bug.\n\n"
+        f"{lines}\n", charset="utf-8")
+    out = BytesIO()
+    BytesGenerator(out, mangle_from_=False, policy=MIME_POLICY.clone(linesep="\n")).flatten(message)
+    body = FROM_LINE.sub(rb">\1", out.getvalue())
+    return b"".join(_framed(f"From MAILER-DAEMON {time.asctime(now.timetuple())}\n".encode(), iter([body])))
 
 
 # ---------------------------------------------------------------------------------------------
