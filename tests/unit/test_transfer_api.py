@@ -17,6 +17,7 @@ from improvmx_archive.mailio import INCOMPLETE_EXPORT_HEADER, MARKER_SENDER, Mes
 from improvmx_archive.sample import payload_from_mime
 from tests.conftest import API_KEY
 from tests.payloads import FIXTURES, eml_payload, message_with_attachment
+from tests.ui_helpers import sign_in
 
 RAW = {"Content-Type": "message/rfc822"}
 
@@ -492,3 +493,14 @@ def test_a_restore_into_an_empty_archive_keeps_the_ids(make_app, tmp_path):
 def test_an_archive_id_is_only_taken_from_a_valid_rebuilt_message(app, client, auth, headers):
     body = client.post("/import", data=headers + _message("carried id"), headers={**auth, **RAW}).get_json()
     assert body["duplicate"] is False and body["email_id"] != "0123456789abcdef01234567"
+
+
+def test_the_ui_says_plainly_when_a_message_cannot_be_rebuilt(app, client, monkeypatch):
+    ids = _seed(app.extensions["archive"], 1)
+    _unrebuildable(monkeypatch, ids[0])
+    sign_in(client)
+    for path in (f"/ui/emails/{ids[0]}?tab=source", f"/ui/emails/{ids[0]}/eml"):
+        response = client.get(path)
+        assert response.status_code == 500 and response.mimetype == "text/html", path
+        assert "cannot be rebuilt (ValueError) as MIME" in response.get_data(as_text=True), path
+    assert client.get(f"/ui/emails/{ids[0]}?tab=text").status_code == 200  # the rest of it still shows
