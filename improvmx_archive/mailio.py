@@ -53,9 +53,12 @@ RECONSTRUCTED_NOTE = ("rebuilt by improvmx-webhook-archive from the stored webho
 UNREPRESENTABLE_HEADER = "X-Archive-Invalid-Header"
 # Never copied from the stored headers: the rebuild writes its own MIME framing, and Bcc
 # must not leak to whoever opens the file.
+# Nor is the header that marks an incomplete export: only the export's own marker carries it.
+INCOMPLETE_EXPORT_HEADER = "X-Archive-Export-Incomplete"
 NEVER_COPIED = frozenset({"content-type", "content-transfer-encoding", "mime-version", "content-disposition",
                           "content-id", "content-length", "bcc",
-                          RECONSTRUCTED_HEADER.lower(), ARCHIVE_ID_HEADER.lower(), UNREPRESENTABLE_HEADER.lower()})
+                          RECONSTRUCTED_HEADER.lower(), ARCHIVE_ID_HEADER.lower(), UNREPRESENTABLE_HEADER.lower(),
+                          INCOMPLETE_EXPORT_HEADER.lower()})
 # RFC 5322 section 3.6 order: trace fields, then originator and destination fields.
 TRACE_FIELDS = ("return-path", "received")
 ORIGINATOR_FIELDS = ("date", "from", "sender", "reply-to", "to", "cc", "message-id", "in-reply-to",
@@ -587,7 +590,6 @@ def oldest_first(archive, query: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         last = (page[-1]["received_at"], page[-1]["_id"])
 
 
-INCOMPLETE_EXPORT_HEADER = "X-Archive-Export-Incomplete"
 MARKER_SENDER = "ImprovMX Webhook Archive <export@archive.invalid>"
 
 
