@@ -89,8 +89,9 @@ EXPORT_BATCH = 200  # message ids fetched per keyset page of an export
 # ---------------------------------------------------------------------------------------------
 
 def valid_text(value: str) -> str:
-    """The text with lone surrogates (a JSON escape such as \\udc00 that no UTF-8 can carry,
-    kept as received in spilled bodies and headers) replaced by U+FFFD."""
+    """The text with lone surrogates replaced by U+FFFD: a JSON escape such as \\udc00 that no
+    UTF-8 can carry. Ingest replaces them in the document, but text read back from GridFS is
+    decoded with surrogatepass, so the rebuild does not count on it."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -348,8 +349,8 @@ def _boundaries(document: Mapping[str, Any]) -> Iterator[str]:
 
 def _body_tree(document: Mapping[str, Any], boundaries: Iterator[str]) -> MIMEPart | None:
     text, html = document.get("text"), document.get("html")
-    text = text if isinstance(text, str) and text else None
-    html = html if isinstance(html, str) and html else None
+    text = valid_text(text) if isinstance(text, str) and text else None
+    html = valid_text(html) if isinstance(html, str) and html else None
     if text and html:
         return _container("alternative", [_body_part("plain", text), _body_part("html", html)], next(boundaries))
     if text or html:
