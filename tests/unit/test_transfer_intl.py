@@ -193,3 +193,26 @@ def test_raw_and_export_answer_internationalised_messages(app, client, auth, tmp
     assert len(box) == 1 and box[0]["Subject"] == "intl"
     assert box[0].get_from().startswith("MAILER-DAEMON ")  # the separator line stays ASCII
     assert payload_from_mime(unquote_mbox(box.get_bytes(box.keys()[0])))["from"]["email"] == address
+
+
+def test_a_backup_of_international_mail_restores_the_same_addresses(make_app, tmp_path):
+    """Export as mbox, import into an empty archive with flask import: same ids, same addresses
+    (and so the same audience tags and the same grants matching them)."""
+    source = make_app(RATELIMIT_ENABLED="false")
+    archive = source.extensions["archive"]
+    rng = random.Random("backup")
+    originals = {}
+    for path in CORPUS[:12]:
+        mutated = _mutated(payload_from_mime(path.read_bytes()), rng)
+        originals[archive.ingest(mutated).email_id] = _addresses(mutated)
+    exported = tmp_path / "backup.mbox"
+    assert source.test_cli_runner().invoke(args=["export", str(exported)]).exit_code == 0
+    target = make_app(RATELIMIT_ENABLED="false")
+    result = target.test_cli_runner().invoke(args=["import", str(exported)])
+    assert result.exit_code == 0 and f"stored {len(originals)}, duplicate 0, failed 0" in result.output, result.output
+    restored = target.extensions["archive"]
+    for email_id, addresses in originals.items():
+        document = restored.find(email_id)
+        assert _addresses({**document, "sender": (document.get("extra") or {}).get("sender", document.get("sender"))}) \
+            == addresses
+        assert sorted(document["audience"]) == sorted(archive.find(email_id)["audience"])
