@@ -107,9 +107,13 @@ def users_set_role_command(name: str, role: str):
     click.echo(f"ok: {name} is now {role}")
 
 
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
 def _read_new_password() -> str:
     """Twice at a hidden prompt on a terminal; the first line of stdin otherwise (scripts)."""
-    if sys.stdin.isatty():
+    if _interactive():
         return click.prompt("New password", hide_input=True, confirmation_prompt="Repeat it")
     return sys.stdin.readline().rstrip("\r\n")
 

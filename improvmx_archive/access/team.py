@@ -29,6 +29,11 @@ class WrongPassword(ValueError):
     """The current password given to change one's own password did not match."""
 
 
+def _who(actor: Principal) -> str:
+    """The actor for a log line: a name, never a key; `cli` for commands on the server."""
+    return "cli" if actor.via == "cli" else actor.name
+
+
 def _people() -> People:
     return current_app.extensions["people"]
 
@@ -56,19 +61,19 @@ def person_named(name: str) -> dict[str, Any]:
 
 def add_person(actor: Principal, name: str, email: str, *, admin: bool = False) -> dict[str, Any]:
     person = _people().add(name, email, ADMIN if admin else MEMBER)
-    log.info("person added name=%s role=%s by=%s", name, person["role"], actor.name)
+    log.info("person added name=%s role=%s by=%s", name, person["role"], _who(actor))
     return person
 
 
 def grant(actor: Principal, name: str, grants: list[str]) -> dict[str, Any]:
     person = _people().grant(name, grants)
-    log.info("grants added name=%s grants=%s by=%s", name, ",".join(grants), actor.name)
+    log.info("grants added name=%s grants=%s by=%s", name, ",".join(grants), _who(actor))
     return person
 
 
 def revoke_grants(actor: Principal, name: str, grants: list[str]) -> dict[str, Any]:
     person = _people().revoke(name, grants)
-    log.info("grants revoked name=%s grants=%s by=%s", name, ",".join(grants), actor.name)
+    log.info("grants revoked name=%s grants=%s by=%s", name, ",".join(grants), _who(actor))
     return person
 
 
@@ -77,13 +82,13 @@ def set_disabled(actor: Principal, name: str, disabled: bool) -> dict[str, Any]:
     person = _people().set_disabled(name, disabled)
     if disabled:
         _end_sessions(str(person["_id"]))
-    log.info("person %s name=%s by=%s", "disabled" if disabled else "enabled", name, actor.name)
+    log.info("person %s name=%s by=%s", "disabled" if disabled else "enabled", name, _who(actor))
     return person
 
 
 def set_role(actor: Principal, name: str, role: str) -> dict[str, Any]:
     person = _people().set_role(name, role)
-    log.info("role set name=%s role=%s by=%s", name, role, actor.name)
+    log.info("role set name=%s role=%s by=%s", name, role, _who(actor))
     return person
 
 
@@ -95,7 +100,7 @@ def set_password(actor: Principal, name: str, password: str, *, keep_session: st
     person = person_named(name)
     _people().set_password_hash(name, hash_password(password))
     ended = _end_sessions(str(person["_id"]), keep=keep_session)
-    log.info("password set name=%s by=%s sessions_ended=%d", name, actor.name, ended)
+    log.info("password set name=%s by=%s sessions_ended=%d", name, _who(actor), ended)
     return person
 
 
@@ -150,7 +155,7 @@ def create_key(actor: Principal, person_name: str, label: str, scopes: list[str]
     token, record = _keys().create(str(person["_id"]), label, scopes, expires_days)
     record = {field: value for field, value in record.items() if field != "hash"}
     log.info("key created id=%s owner=%s scopes=%s by=%s", record["_id"], person_name,
-             ",".join(record["scopes"]), actor.name)
+             ",".join(record["scopes"]), _who(actor))
     return token, record
 
 
@@ -162,5 +167,5 @@ def revoke_key(actor: Principal, key_id: str, *, own_only: bool = False) -> dict
         return None
     record = _keys().revoke(key_id, person_id=person_id)
     if record is not None:
-        log.info("key revoked id=%s by=%s", key_id, actor.name)
+        log.info("key revoked id=%s by=%s", key_id, _who(actor))
     return record
