@@ -83,8 +83,7 @@ def scripted(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scriptless(tmp_path_factory):
-    session = browser.chromium(tmp_path_factory.mktemp("team-nojs"), width=390, height=844, mobile=True,
-                               javascript=False)
+    session = browser.chromium(tmp_path_factory.mktemp("team-nojs"), width=420, height=900, javascript=False)
     yield session
     session.quit()
 
