@@ -178,11 +178,21 @@ def revoke_grant(name: str):
     return _people_change(team.revoke_grants, name, grants, done=f"{name} no longer sees {', '.join(grants)}.")
 
 
+def _not_oneself(name: str, what: str):
+    """An admin does not disable or demote themselves from the UI (another admin, or
+    `flask users` on the server, can): a slip of the mouse must not lock them out."""
+    if g.principal.person_id is not None and name == g.principal.name:
+        return _people_page(400, f"You cannot {what} yourself here: ask another admin, or use flask users on the server.")
+    return None
+
+
 @bp.post("/people/<name>/disabled")
 @signed_in
 def set_disabled(name: str):
     _admin_only()
     disabled = request.form.get("disabled") == "true"
+    if disabled and (refused := _not_oneself(name, "disable")):
+        return refused
     return _people_change(team.set_disabled, name, disabled,
                           done=f"{name} {'disabled: their keys and sessions stop now' if disabled else 'enabled'}.")
 
@@ -192,6 +202,8 @@ def set_disabled(name: str):
 def set_role(name: str):
     _admin_only()
     role = request.form.get("role", "")
+    if role != ADMIN and (refused := _not_oneself(name, "demote")):
+        return refused
     return _people_change(team.set_role, name, role, done=f"{name} is now {role}.")
 
 

@@ -309,6 +309,15 @@ def test_bad_people_changes_are_explained_and_change_nothing(crew, as_person, pa
     assert list(crew.extensions["people"].collection.find({}, {"updated_at": 0})) == before
 
 
+def test_an_admin_cannot_disable_or_demote_themselves_in_the_ui(crew, as_person):
+    root = as_person("root")
+    for path, data in (("/ui/people/root/disabled", {"disabled": "true"}), ("/ui/people/root/role", {"role": "member"})):
+        response = form(root, path, data, "/ui/people")
+        assert response.status_code == 400 and "yourself" in response.get_data(as_text=True)
+    person = crew.extensions["people"].by_name("root")
+    assert person["role"] == "admin" and not person["disabled"]
+
+
 # CSRF ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path,data", [
