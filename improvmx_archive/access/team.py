@@ -13,7 +13,6 @@ from typing import Any
 
 from flask import current_app
 
-from ..security import key_matches
 from .keys import Keys
 from .passwords import check_new_password, hash_password, needs_rehash, verify_password
 from .people import People, PeopleError
@@ -22,7 +21,6 @@ from .principal import ADMIN, MEMBER, Principal
 log = logging.getLogger(__name__)
 
 CLI_ACTOR = Principal.operator(via="cli")
-MAX_KEY_LENGTH = 1000
 
 
 class WrongPassword(ValueError):
@@ -137,7 +135,7 @@ def sign_in_with_password(email: str, password: str, ip: str) -> dict[str, Any] 
 
 def sign_in_with_operator_key(key: str, ip: str) -> bool:
     """Whether key is one of API_KEY's operator keys (a UI sign-in as the operator)."""
-    matched = bool(key) and len(key) <= MAX_KEY_LENGTH and key_matches(key, current_app.config["SETTINGS"].api_keys)
+    matched = current_app.extensions["authenticator"].is_operator_key(key)
     if matched:
         log.info("UI sign-in ip=%s name=operator", ip)
     else:

@@ -12,7 +12,7 @@ from flask import current_app, redirect, render_template, request, session, url_
 
 from ..access import team
 from ..security import LOCKED_OUT_MESSAGE, Lockout, client_ip, retry_after
-from .blueprint import bp, render_error, signed_in
+from .blueprint import bp, principal_of, render_error, signed_in
 from .sessions import COOKIE_NAME, COOKIE_PATH
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,8 @@ def _login_page(status: int = 200, error: str | None = None, headers: dict[str, 
 
 @bp.get("/login")
 def login():
-    sessions = current_app.extensions["ui_sessions"]
-    if sessions.resume(request.cookies.get(COOKIE_NAME)):
+    live = current_app.extensions["ui_sessions"].resume(request.cookies.get(COOKIE_NAME))
+    if live and principal_of(live):  # a disabled person's session is no reason to skip the form
         return redirect(safe_next(request.args.get("next")))
     return _login_page()
 

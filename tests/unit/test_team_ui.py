@@ -10,7 +10,6 @@ import pytest
 from argon2 import PasswordHasher
 
 from improvmx_archive.access import passwords, team
-from improvmx_archive.ui.sessions import COOKIE_NAME
 from tests.conftest import API_KEY
 from tests.ui_helpers import csrf_token, mime, page, sign_in
 
@@ -140,6 +139,7 @@ def test_disabling_and_grants_take_effect_on_the_very_next_request(crew, as_pers
     crew.extensions["people"].set_disabled("bo", True)  # straight in the store: no session cleanup helps
     response = bo.get("/ui/")
     assert response.status_code == 302 and "/ui/login" in response.headers["Location"]
+    assert bo.get(response.headers["Location"]).status_code == 200  # the sign-in form, not a redirect loop
 
 
 # Account ------------------------------------------------------------------------------------
