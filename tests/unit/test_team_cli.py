@@ -141,4 +141,5 @@ def test_password_rules():
     assert not passwords.verify_password(None, "anything at all")
     assert not passwords.verify_password("not a hash", "anything at all")
     assert not passwords.needs_rehash(stored)
+    assert passwords._dummy_hash() == passwords._DUMMY_HASH  # ready-made: the first unknown address costs no more
     assert passwords.needs_rehash("$argon2id$v=19$m=8,t=1,p=1$c29tZXNhbHQ$9sTbSlTio3Biev89thdrlKKiCaYsjjYVJxGAL3swxpQ")
