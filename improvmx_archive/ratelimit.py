@@ -24,7 +24,6 @@ import atexit
 import logging
 import math
 import time
-
 from collections.abc import Callable
 from typing import Any
 
