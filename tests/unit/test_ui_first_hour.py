@@ -295,12 +295,20 @@ def test_short_html_gets_a_short_frame_and_long_html_the_full_height():
         long, framesize.WIDE_WIDTH)
 
 
-def test_declared_image_sizes_count_and_blocked_images_do_not():
+def test_declared_image_sizes_count_and_blocked_images_without_a_size_do_not():
     with_image = '<p>x</p><img src="data:image/png;base64,AAAA" width="600" height="300">'
     narrow = framesize.estimated_height(with_image, framesize.NARROW_WIDTH)
     wide = framesize.estimated_height(with_image, framesize.WIDE_WIDTH)
     assert wide >= 300 and narrow < wide  # scaled down to the narrow width
-    assert framesize.estimated_height('<p>x</p><img width="600" height="300">', framesize.WIDE_WIDTH) < 100
+    # A blocked image (no src) keeps its declared box; without one it takes no room.
+    assert framesize.estimated_height('<p>x</p><img width="600" height="300">', framesize.WIDE_WIDTH) >= 300
+    assert framesize.estimated_height('<p>x</p><img>', framesize.WIDE_WIDTH) < 100
+
+
+def test_a_wide_table_overflows_rather_than_wraps_on_a_phone():
+    table = f'<table width="600"><tr><td style="padding: 12px 24px">{"word " * 100}</td></tr></table>'
+    assert framesize.estimated_height(table, framesize.NARROW_WIDTH) == framesize.estimated_height(
+        table, 600)
 
 
 def test_message_page_gives_the_frame_its_size_and_lists_attachments_first(archive, ui):
