@@ -208,7 +208,8 @@ def test_a_long_message_still_gets_a_tall_frame(driver, archive):
 
 def _aliases(driver) -> dict[str, int]:
     return {row.find_element(By.CSS_SELECTOR, ".alias").text: int(row.find_element(By.CSS_SELECTOR, ".count").text)
-            for row in driver.find_elements(By.CSS_SELECTOR, ".aliases a") if row.find_elements(By.CSS_SELECTOR, ".alias")}
+            for row in driver.find_elements(By.CSS_SELECTOR, ".aliases a")
+            if row.find_elements(By.CSS_SELECTOR, ".alias")}
 
 
 def _storage(driver) -> dict[str, str]:

@@ -12,7 +12,7 @@ import pytest
 
 from improvmx_archive import changes, delivered
 from improvmx_archive.payload import DELIVERED_TO
-from improvmx_archive.sample import payload_from_mime, sample_mime
+from improvmx_archive.sample import payload_from_mime
 from improvmx_archive.ui import framesize
 from improvmx_archive.ui.formatting import subject_text
 from improvmx_archive.ui.message import header_rows
