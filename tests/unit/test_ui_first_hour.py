@@ -224,6 +224,19 @@ def test_older_messages_get_delivered_to_from_the_backfill(archive, ui):
     assert delivered.missing_count(archive.emails) == 0 and archive.migrate_delivered_to() == 0
 
 
+def test_create_indexes_gives_older_messages_delivered_to(app, archive):
+    archive.ingest(delivered_mail("old", to="x@other.example", delivered_to="old@archive.test"))
+    archive.emails.update_many({}, {"$unset": {DELIVERED_TO: ""}})
+    before = changes.content_mark(archive.database)
+    result = app.test_cli_runner().invoke(args=["create-indexes"])
+    assert result.exit_code == 0, result.output
+    assert "ok: 1 message(s) given delivered_to" in result.output
+    assert archive.emails.find_one()[DELIVERED_TO] == ["old@archive.test"]
+    assert changes.content_mark(archive.database) != before  # cached alias lists are stale now
+    again = app.test_cli_runner().invoke(args=["create-indexes"])
+    assert "delivered_to" not in again.output
+
+
 def test_delivered_to_stays_internal_in_the_api(client, auth, archive):
     email_id = archive.ingest(delivered_mail("x", to="a@archive.test", delivered_to="a@archive.test")).email_id
     assert DELIVERED_TO not in client.get(f"/emails/{email_id}", headers=auth).get_json()["email"]
