@@ -228,6 +228,7 @@ def _every_worker_sees(driver, url: str, read, expected, attempts: int = 6):
 def test_sidebar_and_storage_agree_with_the_archive_after_an_import_and_a_delete(driver, archive):
     """Without DOMINIO: the sidebar lists where mail was delivered, never a Cc'd outsider;
     after an import and a delete every worker shows the new figures at once."""
+    archive.ingest(payload_from_mime(raw_mail("Before", "sales@archive.test", "sales@archive.test")))
     sign_in(driver, archive.base)
     before_aliases = {alias: archive.total(to=alias) for alias in _aliases_of(driver, archive)}
     driver.get(archive.base + "/ui/overview")
