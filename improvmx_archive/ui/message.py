@@ -26,9 +26,9 @@ from ..routes.emails import part_response, present
 from ..routes.transfer import eml_response
 from ..security import csp_message_frame
 from .auth import safe_next
+from .framesize import frame_classes
 from .blueprint import bp, principal_of, signed_in
 from .inbox import PAGE_SIZE, list_args, list_page
-from .framesize import frame_classes
 from .sanitize import clean_html
 from .verdicts import verdicts
 
