@@ -16,6 +16,8 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
 from . import audience, blobrefs
+from . import delivered
+from .changes import note_change
 from .access.commands import keys_cli, users_cli
 from .archive import index_hint
 from .db import DatabaseUnavailable, create_indexes, ping
@@ -69,6 +71,12 @@ def create_indexes_command():
         with click.progressbar(length=untagged, label="adding audience tags to older messages") as bar:
             tagged = audience.backfill(database.emails, progress=bar.update)
     click.echo(f"ok: indexes created; {migrated} message(s) given blob_ids, {tagged} given audience tags")
+    missing = delivered.missing_count(database.emails)
+    if missing:
+        with click.progressbar(length=missing, label="adding delivered_to to older messages") as bar:
+            given = delivered.backfill(database.emails, progress=bar.update)
+        note_change(database)
+        click.echo(f"ok: {given} message(s) given delivered_to (the UI's aliases)")
 
 
 @click.command("reindex")
