@@ -441,6 +441,7 @@ def register_commands(app: Flask) -> None:
     for command in (check_command, create_indexes_command, reindex_command, send_sample_command, gc_blobs_command,
                     spool_cli, notify_cli, export_command, import_command, purge_command):
         app.cli.add_command(command)
+    register_access_commands(app)
     app.cli.add_command(audit_cli)
 
 
@@ -519,7 +520,6 @@ def audit_trim_command(days: float | None):
         click.echo(f"error: MongoDB is unavailable ({type(error).__name__})", err=True)
         sys.exit(EXIT_DATABASE_UNREACHABLE)
     click.echo(f"ok: removed {removed} entr{'y' if removed == 1 else 'ies'} older than {days:g} day(s)")
-    register_access_commands(app)
 
 
 def register_access_commands(app: Flask) -> None:
