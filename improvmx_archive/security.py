@@ -15,7 +15,6 @@ import math
 from datetime import datetime, timedelta, timezone
 
 from flask import Flask, current_app, request
-from pymongo.errors import PyMongoError
 
 from .errors import MESSAGES, ApiError
 from .times import as_utc

@@ -17,6 +17,7 @@ from pymongo.errors import PyMongoError
 
 from ..errors import ApiError
 from ..security import LOCKED_OUT_MESSAGE, Lockout, client_ip, key_matches, retry_after
+from . import audit
 from .keys import Keys, looks_like_personal_key
 from .people import People
 from .principal import Principal
@@ -149,11 +150,21 @@ def authenticate_request(operator_keys: tuple[str, ...] | None = None) -> Princi
                 raise _unavailable() from None
         else:
             log.warning("refused key ip=%s path=%s reason=%s", ip, request.path, refused.reason)
+        _audit_refusal("failed" if refused.counted else "refused", refused.reason)
         headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if refused.status == 401 else None
         raise ApiError(refused.status, refused.message, headers) from None
     except PyMongoError:
         log.error("key store unavailable (MongoDB) ip=%s", ip)
         raise _unavailable() from None
+
+
+def _audit_refusal(outcome: str, reason: str, principal: Principal | None = None) -> None:
+    """A refused credential or scope goes into the audit trail; the caller gets its refusal
+    either way (a trail MongoDB cannot take then is only logged: nothing was served)."""
+    try:
+        audit.record("auth", outcome, principal=principal, details={"reason": reason, "path": request.path})
+    except audit.AuditUnavailable:
+        pass
 
 
 def require_access(scope: str):
@@ -165,6 +176,7 @@ def require_access(scope: str):
         def wrapper(*args, **kwargs):
             principal = authenticate_request()
             if not principal.allows(scope):
+                _audit_refusal("refused", f"no {scope} scope", principal)
                 raise ApiError(403, f"This API key lacks the '{scope}' scope")
             g.principal = principal
             return view(*args, **kwargs)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from bson import ObjectId
 from pymongo import ASCENDING, IndexModel
 
 from ..db import DURABLE

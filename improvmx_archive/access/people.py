@@ -70,7 +70,7 @@ class People:
         try:
             self.collection.insert_one(person)
         except DuplicateKeyError:
-            raise PeopleError(f"a person with that name or email already exists") from None
+            raise PeopleError("a person with that name or email already exists") from None
         return person
 
     def by_id(self, person_id: str | ObjectId) -> dict[str, Any] | None:

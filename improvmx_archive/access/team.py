@@ -2,7 +2,8 @@
 
 The CLI (access/commands.py) and the UI pages (ui/team.py, ui/auth.py) call these and never
 the stores directly, so each change has one place where it is checked, done and (for the
-audit trail) recorded. `actor` is the Principal doing it: a person, an operator session or
+audit trail) recorded: each writes one audit entry after the change is made (names, roles,
+grants, key ids and scopes; never a password, hash or key). `actor` is the Principal doing it: a person, an operator session or
 key, or CLI_ACTOR for `flask users ...` and `flask keys ...` on the server itself.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 
 from flask import current_app
 
+from . import audit
 from .keys import Keys
 from .passwords import check_new_password, hash_password, needs_rehash, verify_password
 from .people import People, PeopleError
@@ -60,18 +62,21 @@ def person_named(name: str) -> dict[str, Any]:
 def add_person(actor: Principal, name: str, email: str, *, admin: bool = False) -> dict[str, Any]:
     person = _people().add(name, email, ADMIN if admin else MEMBER)
     log.info("person added name=%s role=%s by=%s", name, person["role"], _who(actor))
+    audit.record("person_add", principal=actor, details={"name": name, "email": person["email"], "role": person["role"]})
     return person
 
 
 def grant(actor: Principal, name: str, grants: list[str]) -> dict[str, Any]:
     person = _people().grant(name, grants)
     log.info("grants added name=%s grants=%s by=%s", name, ",".join(grants), _who(actor))
+    audit.record("person_grant", principal=actor, details={"name": name, "grants": list(grants)})
     return person
 
 
 def revoke_grants(actor: Principal, name: str, grants: list[str]) -> dict[str, Any]:
     person = _people().revoke(name, grants)
     log.info("grants revoked name=%s grants=%s by=%s", name, ",".join(grants), _who(actor))
+    audit.record("person_revoke", principal=actor, details={"name": name, "grants": list(grants)})
     return person
 
 
@@ -81,12 +86,14 @@ def set_disabled(actor: Principal, name: str, disabled: bool) -> dict[str, Any]:
     if disabled:
         _end_sessions(str(person["_id"]))
     log.info("person %s name=%s by=%s", "disabled" if disabled else "enabled", name, _who(actor))
+    audit.record("person_disable" if disabled else "person_enable", principal=actor, details={"name": name})
     return person
 
 
 def set_role(actor: Principal, name: str, role: str) -> dict[str, Any]:
     person = _people().set_role(name, role)
     log.info("role set name=%s role=%s by=%s", name, role, _who(actor))
+    audit.record("person_role", principal=actor, details={"name": name, "role": role})
     return person
 
 
@@ -99,6 +106,7 @@ def set_password(actor: Principal, name: str, password: str, *, keep_session: st
     _people().set_password_hash(name, hash_password(password))
     ended = _end_sessions(str(person["_id"]), keep=keep_session)
     log.info("password set name=%s by=%s sessions_ended=%d", name, _who(actor), ended)
+    audit.record("password_set", principal=actor, details={"name": name, "sessions_ended": ended})
     return person
 
 
@@ -109,6 +117,7 @@ def change_own_password(principal: Principal, current: str, new: str, *, keep_se
     person = _people().by_id(principal.person_id or "")
     if person is None or not verify_password(person.get("password_hash"), current):
         log.warning("own password change refused (wrong current password) name=%s", principal.name)
+        audit.record("password_set", "refused", principal=principal, details={"name": principal.name})
         raise WrongPassword("The current password is not right, so the password was not changed.")
     set_password(principal, person["name"], new, keep_session=keep_session)
 
@@ -124,11 +133,16 @@ def sign_in_with_password(email: str, password: str, ip: str) -> dict[str, Any] 
     stored = person.get("password_hash") if person else None
     matched = verify_password(stored, password)
     if not matched or person is None or person.get("disabled"):
-        log.warning("failed sign-in ip=%s reason=%s", ip, "wrong email or password" if not matched else "disabled")
+        reason = "wrong email or password" if not matched else "disabled"
+        log.warning("failed sign-in ip=%s reason=%s", ip, reason)
+        audit.record("signin", "failed", ip=ip, details={"method": "password", "reason": reason,
+                                                          **_attempted_address(email)})
         return None
     if needs_rehash(stored):
         _people().set_password_hash(person["name"], hash_password(password, check=False))
     log.info("UI sign-in ip=%s name=%s", ip, person["name"])
+    audit.record("signin", principal=Principal.for_person(person, via="session"), ip=ip,
+                 details={"method": "password"})
     person.pop("password_hash", None)
     return person
 
@@ -138,9 +152,31 @@ def sign_in_with_operator_key(key: str, ip: str) -> bool:
     matched = current_app.extensions["authenticator"].is_operator_key(key)
     if matched:
         log.info("UI sign-in ip=%s name=operator", ip)
+        audit.record("signin", principal=Principal.operator(via="session"), ip=ip, details={"method": "operator key"})
     else:
         log.warning("failed authentication ip=%s path=/ui/login reason=wrong key", ip)
+        audit.record("signin", "failed", ip=ip, details={"method": "operator key", "reason": "wrong key"})
     return matched
+
+
+def sign_in_blocked(ip: str, path: str) -> None:
+    """A sign-in refused before any check because the address is locked out."""
+    log.warning("refused blocked ip=%s path=%s", ip, path)
+    audit.record("signin", "blocked", ip=ip)
+
+
+def sign_out(principal: Principal, token: str | None) -> None:
+    current_app.extensions["ui_sessions"].end(token)
+    audit.record("signout", principal=principal)
+
+
+def _attempted_address(email: str) -> dict[str, str]:
+    """The address a failed sign-in tried, when it looks like one (a password typed into the
+    email field by mistake must not land in the trail)."""
+    email = (email or "").strip()
+    if "@" in email and " " not in email and len(email) <= 320:
+        return {"email": email.lower()}
+    return {}
 
 
 # Keys -------------------------------------------------------------------------------------
@@ -154,6 +190,8 @@ def create_key(actor: Principal, person_name: str, label: str, scopes: list[str]
     record = {field: value for field, value in record.items() if field != "hash"}
     log.info("key created id=%s owner=%s scopes=%s by=%s", record["_id"], person_name,
              ",".join(record["scopes"]), _who(actor))
+    audit.record("key_create", principal=actor, details={"key_id": record["_id"], "owner": person_name,
+                                                          "name": record["name"], "scopes": record["scopes"]})
     return token, record
 
 
@@ -166,4 +204,5 @@ def revoke_key(actor: Principal, key_id: str, *, own_only: bool = False) -> dict
     record = _keys().revoke(key_id, person_id=person_id)
     if record is not None:
         log.info("key revoked id=%s by=%s", key_id, _who(actor))
+        audit.record("key_revoke", principal=actor, details={"key_id": key_id, "owner_id": record.get("person_id")})
     return record

@@ -5,19 +5,17 @@ access/team.py's (sign_in_with_password, sign_in_with_operator_key)."""
 
 from __future__ import annotations
 
-import logging
 from urllib.parse import urlsplit
 
-from flask import current_app, redirect, render_template, request, session, url_for
+from flask import current_app, g, redirect, render_template, request, session, url_for
 
 from ..access import team
 from ..security import LOCKED_OUT_MESSAGE, Lockout, client_ip, retry_after
 from .blueprint import bp, principal_of, render_error, signed_in
 from .sessions import COOKIE_NAME, COOKIE_PATH
 
-log = logging.getLogger(__name__)
-
 WRONG_PASSWORD = "That email and password do not match. Check both and try again."
+
 
 def safe_next(target: str | None) -> str:
     """Only a path inside the UI: never another host, scheme or protocol-relative URL."""
@@ -52,7 +50,7 @@ def login_submit():
     password = request.form.get("password", "")
     until = lockout.blocked_until(ip)
     if until:
-        log.warning("refused blocked ip=%s path=%s", ip, request.path)
+        team.sign_in_blocked(ip, request.path)
         return render_error(429, LOCKED_OUT_MESSAGE, retry_after(until))
     sessions = current_app.extensions["ui_sessions"]
     user_agent = request.headers.get("User-Agent", "")
@@ -79,7 +77,7 @@ def login_submit():
 @bp.post("/logout")
 @signed_in
 def logout():
-    current_app.extensions["ui_sessions"].end(request.cookies.get(COOKIE_NAME))
+    team.sign_out(g.principal, request.cookies.get(COOKIE_NAME))
     session.clear()
     response = redirect(url_for("ui.login"), 303)
     response.delete_cookie(COOKIE_NAME, path=COOKIE_PATH, secure=request.is_secure, httponly=True,
