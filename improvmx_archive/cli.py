@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
+from pymongo import uri_parser
 
 from . import audience, blobrefs
 from .archive import index_hint
@@ -34,15 +35,50 @@ EXIT_DATABASE_UNREACHABLE = 3
 SPOOL_LISTED = 20
 
 
+# Set by the development command (devtools/devserver.py): the database is the one ./dev.sh starts.
+DEV_BOX_VARIABLE = "IMPROVMX_DEV_BOX"
+
+
+def database_hint(settings) -> str:
+    """What to look at when MongoDB does not answer, for where the command runs: on a dev box
+    the embedded database ./dev.sh starts, on a server the database service (never the URI's
+    credentials)."""
+    if os.environ.get(DEV_BOX_VARIABLE):
+        return "start the development server and its database with ./dev.sh (in another terminal), then run this again"
+    try:
+        hosts = [f"{host}:{port}" for host, port in uri_parser.parse_uri(settings.mongo_uri)["nodelist"]]
+    except Exception:  # an SRV record or an odd URI: name no host rather than fail here
+        hosts = []
+    if hosts and all(host.split(":")[0] in ("127.0.0.1", "localhost", "::1", "[::1]") for host in hosts):
+        return f"is MongoDB running on {hosts[0]}? see: sudo systemctl status mongod"
+    where = ", ".join(hosts) or "the host in MONGO_URI"
+    return f"is MongoDB at {where} up and reachable from here? on its host see: sudo systemctl status mongod"
+
+
+def database_unreachable(settings) -> None:
+    """The one-line error of a command that needs MongoDB and cannot reach it; exit 3."""
+    options = getattr(current_app.extensions["mongo_client"], "options", None)
+    waited = getattr(options, "server_selection_timeout", None)  # shortened for operator commands
+    if not isinstance(waited, (int, float)):
+        waited = settings.mongo_timeout_ms / 1000
+    click.echo(f"error: MongoDB is not reachable within {waited * 1000:.0f} ms "
+               f"({database_hint(settings)})", err=True)
+    sys.exit(EXIT_DATABASE_UNREACHABLE)
+
+
+def require_database() -> None:
+    """Exit 3 with the one-line error unless MongoDB answers; a command whose app already
+    found it down at start-up says so without waiting a second time."""
+    if current_app.extensions.get("database_unreachable_at_start") or not ping(current_app.extensions["mongo_client"]):
+        database_unreachable(current_app.config["SETTINGS"])
+
+
 @click.command("check")
 @with_appcontext
 def check_command():
     """Configuration valid (it loaded) and MongoDB reachable; exit 0, or 3 if MongoDB is not."""
     settings = current_app.config["SETTINGS"]
-    if not ping(current_app.extensions["mongo_client"]):
-        click.echo(f"error: MongoDB is not reachable within {settings.mongo_timeout_ms} ms "
-                   f"(check MONGO_URI / MONGO_HOST)", err=True)
-        sys.exit(EXIT_DATABASE_UNREACHABLE)
+    require_database()
     click.echo(f"ok: configuration valid, MongoDB reachable, database {settings.mongo_db!r}, "
                f"{len(settings.api_keys)} API key(s), spool at {settings.spool_dir}")
 
@@ -319,6 +355,7 @@ def import_command(paths: tuple[Path, ...]):
     header's (else Date:). Exit 1 if any message failed, 3 if MongoDB went away (re-run to
     continue: what is already in is recognised as a duplicate).
     """
+    require_database()
     archive = current_app.extensions["archive"]
     files, failed = find_import_files(paths)
     stored = duplicates = deleted = 0
@@ -334,7 +371,8 @@ def import_command(paths: tuple[Path, ...]):
                         continue
                     except DatabaseUnavailable:
                         click.echo(f"\nerror: MongoDB is unavailable (at {label}); stored {stored} so far. "
-                                   "Re-run the same command to continue.", err=True)
+                                   f"Re-run the same command to continue ({database_hint(current_app.config['SETTINGS'])})",
+                                   err=True)
                         sys.exit(EXIT_DATABASE_UNREACHABLE)
                     except Exception as error:  # one broken message never stops the rest
                         failed.append((label, f"cannot be stored ({type(error).__name__})"))
