@@ -352,12 +352,14 @@ def import_command(paths: tuple[Path, ...]):
     """Import .eml files, directories of them (recursively) and mbox files (mboxrd or mboxo).
 
     Each message is stored once however often it is imported; its date is its top Received:
-    header's (else Date:). Exit 1 if any message failed, 3 if MongoDB went away (re-run to
+    header's (else Date:). Files that are not mail (a README.md beside the messages) are
+    skipped and listed. Exit 1 if any message failed, 3 if MongoDB went away (re-run to
     continue: what is already in is recognised as a duplicate).
     """
     require_database()
     archive = current_app.extensions["archive"]
     files, failed = find_import_files(paths)
+    skipped: list[tuple[str, str]] = []
     stored = duplicates = deleted = 0
     with click.progressbar(length=sum(file.count for file in files), label="importing") as bar:
         for file in files:
@@ -367,7 +369,7 @@ def import_command(paths: tuple[Path, ...]):
                     try:
                         result, _ = import_raw(archive, raw)
                     except NotAMessage as error:
-                        failed.append((label, str(error)))
+                        (skipped if file.skipped_unless_mail else failed).append((label, str(error)))
                         continue
                     except DatabaseUnavailable:
                         click.echo(f"\nerror: MongoDB is unavailable (at {label}); stored {stored} so far. "
@@ -383,7 +385,10 @@ def import_command(paths: tuple[Path, ...]):
             except OSError as error:
                 failed.append((str(file.path), f"cannot read ({error.strerror or type(error).__name__})"))
     tombstoned = f", deleted earlier so not stored {deleted}" if deleted else ""
-    click.echo(f"stored {stored}, duplicate {duplicates}, failed {len(failed)}{tombstoned}")
+    not_mail = f", skipped {len(skipped)} file(s) that are not mail" if skipped else ""
+    click.echo(f"stored {stored}, duplicate {duplicates}, failed {len(failed)}{tombstoned}{not_mail}")
+    for label, reason in skipped:
+        click.echo(f"  skipped {label}: {reason}")
     for label, reason in failed:
         click.echo(f"  failed {label}: {reason}", err=True)
     if failed:
