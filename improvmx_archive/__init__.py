@@ -96,7 +96,7 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
         # An operator command reports this itself at once (cli.require_database), not after a second wait.
         app.extensions["database_unreachable_at_start"] = operator_command
         if not operator_command:
-            log.warning("MongoDB unreachable at start-up; indexes will be created by `flask create-indexes` "
+            log.warning("MongoDB unreachable at start-up; indexes will be created by `improvmx-archive create-indexes` "
                         "or the next start")
     register_rate_limits(app, settings)
     if settings.cors_origins:

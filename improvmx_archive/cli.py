@@ -203,7 +203,7 @@ def spool_status_command(list_all: bool):
             click.echo(f"  ... and {len(waiting) - len(shown)} more (--all lists every one)")
         click.echo("These were acknowledged to ImprovMX and are not in MongoDB yet. They move there "
                    f"automatically once it answers (each worker checks every ~{settings.spool_replay_interval:.0f} s), "
-                   "or now with `flask spool replay`.")
+                   "or now with `improvmx-archive spool replay`.")
     click.echo(f"set aside as corrupt: {status['corrupt']} (in {spool.corrupt_dir.resolve()})")
 
 
@@ -247,7 +247,7 @@ def notify_status_command(list_all: bool):
     if counts["failed"] > len(failed):
         click.echo(f"  ... and {counts['failed'] - len(failed)} more (--all lists them)")
     if counts["failed"]:
-        click.echo("`flask notify retry` gives failed notifications another NOTIFY_MAX_HOURS", err=True)
+        click.echo("`improvmx-archive notify retry` gives failed notifications another NOTIFY_MAX_HOURS", err=True)
         sys.exit(1)
 
 

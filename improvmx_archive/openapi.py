@@ -234,7 +234,7 @@ def build_spec() -> dict[str, Any]:
                                                       "email": {"$ref": "#/components/schemas/EmailSummary"}}}}}},
                                       **_error_responses(*AUTH_ERRORS, 404)}},
                 "patch": {"summary": "Mark a message processed or not, put it on hold or release it",
-                          "description": "A message on hold is never deleted by retention or `flask purge`, "
+                          "description": "A message on hold is never deleted by retention or `improvmx-archive purge`, "
                                          "and DELETE refuses it (409) until it is released.",
                           "security": BEARER, "parameters": [EMAIL_ID],
                           "requestBody": {"required": True, "content": {"application/json": {"schema": {

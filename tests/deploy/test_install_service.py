@@ -20,10 +20,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import mongomock
 import pytest
 
 from devtools import processes
+from improvmx_archive import create_app
 from improvmx_archive.sample import payload_from_mime, sample_mime
+from tests import doc_commands
+from tests.conftest import make_settings
 from tests.deploy.helpers import request, require_tools, wait_until
 
 pytestmark = pytest.mark.slow
@@ -312,6 +316,11 @@ def test_the_operator_command_runs_flask_as_the_service_with_its_settings(site, 
     assert listed.returncode == 0 and "check" in listed.stdout and "import" in listed.stdout
     assert f'--reuid="{site.user}"' in command.read_text()
     assert site.api_key not in checked.stdout + checked.stderr
+    app = create_app(make_settings(tmp_path), mongo_client=mongomock.MongoClient(tz_aware=True))
+    for path in {doc_commands.command_path(app, c.args) for c in doc_commands.documented_commands()}:
+        helped = subprocess.run([str(command), *path, "--help"], cwd="/tmp", capture_output=True, text=True,
+                                timeout=60)
+        assert helped.returncode == 0 and "Usage:" in helped.stdout, (path, helped.stderr)
     again = site.run("install_service.sh")
     assert again.returncode == 0 and "operator command" in again.stdout
     assert command.stat().st_mtime_ns == info.st_mtime_ns  # unchanged: not rewritten
