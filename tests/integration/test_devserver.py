@@ -1,5 +1,5 @@
 """The README's quick start, run as written: `./dev.sh` serves, keeps its key where the next
-commands find it, and `./dev.sh flask send-sample` plus a curl with that key see the message."""
+commands find it, and `./improvmx-archive send-sample` plus a curl with that key see the message."""
 
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ def test_quick_start_by_copy_paste(dev_env, tmp_path):
         key = key_file.read_text().strip()
         assert len(key) >= 16 and oct(key_file.stat().st_mode & 0o777) == "0o600"
 
-        sent = subprocess.run([sys.executable, "-m", "devtools.devserver", "flask", "send-sample",
+        sent = subprocess.run([str(processes.REPO_ROOT / "improvmx-archive"), "send-sample",
                                "--url", f"http://127.0.0.1:{port}/webhook"],
-                              cwd=processes.REPO_ROOT, env=dev_env, capture_output=True, text=True, timeout=60)
+                              cwd=tmp_path, env=dev_env, capture_output=True, text=True, timeout=60)
         assert sent.returncode == 0, sent.stderr
         assert '"success":true' in sent.stdout.replace(" ", "")
 
