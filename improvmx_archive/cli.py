@@ -3,6 +3,7 @@ export and import."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 from pymongo import uri_parser
+from pymongo.errors import ConnectionFailure
 
 from . import audience, blobrefs
 from .archive import index_hint
@@ -73,6 +75,21 @@ def require_database() -> None:
         database_unreachable(current_app.config["SETTINGS"])
 
 
+def needs_database(command):
+    """The command needs MongoDB: down at the start or gone midway, it ends with the one-line
+    error and exit status 3, never a traceback (a rerun continues: every command is safe to
+    repeat)."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        require_database()
+        try:
+            return command(*args, **kwargs)
+        except (ConnectionFailure, DatabaseUnavailable):
+            click.echo("", err=True)  # below a progress bar
+            database_unreachable(current_app.config["SETTINGS"])
+    return run
+
+
 @click.command("check")
 @with_appcontext
 def check_command():
@@ -85,6 +102,7 @@ def check_command():
 
 @click.command("create-indexes")
 @with_appcontext
+@needs_database
 def create_indexes_command():
     """Create every index the app relies on (idempotent; also done at start-up), and give
     messages stored by older versions their blob_ids array and audience tags."""
@@ -110,6 +128,7 @@ def create_indexes_command():
               help="Rebuild every message's search fields, not only those missing or made by older rules.")
 @click.option("--restart", is_flag=True, help="Forget the position an interrupted run saved; start from the oldest.")
 @click.option("--batch-size", default=BATCH_SIZE, show_default=True, type=click.IntRange(1, 10_000))
+@needs_database
 def reindex_command(everything: bool, restart: bool, batch_size: int):
     """Make messages stored before search existed searchable (safe while mail arrives;
     an interrupted run resumes where it stopped)."""
@@ -148,6 +167,7 @@ def send_sample_command(url: str, recipient: str):
 @with_appcontext
 @click.option("--grace-minutes", default=60, show_default=True, type=click.IntRange(min=1),
               help="Keep unreferenced blobs younger than this (an ingest may be in flight).")
+@needs_database
 def gc_blobs_command(grace_minutes: int):
     """Delete attachment blobs no message references and uploads cut short by a crash."""
     blobs, uploads = collect_orphans(current_app.extensions["archive"], timedelta(minutes=grace_minutes))
@@ -225,6 +245,7 @@ def spool_replay_command():
 
 @notify_cli.command("status")
 @click.option("--all", "list_all", is_flag=True, help="List every failed notification, not just the latest.")
+@needs_database
 def notify_status_command(list_all: bool):
     """Receivers, the backlog and notifications given up after NOTIFY_MAX_HOURS; exit 1 if any failed."""
     outbox = current_app.extensions["outbox"]
@@ -252,6 +273,7 @@ def notify_status_command(list_all: bool):
 
 
 @notify_cli.command("retry")
+@needs_database
 def notify_retry_command():
     """Queue every failed notification again, with a fresh NOTIFY_MAX_HOURS to succeed."""
     click.echo(f"ok: {current_app.extensions['outbox'].retry_failed()} failed notification(s) queued again")
@@ -292,6 +314,7 @@ def _write_atomically(path: Path, chunks) -> None:
 @click.option("--processed", type=click.Choice(["true", "false"]), help="Only processed (true) or unprocessed.")
 @click.option("--has-attachments", type=click.Choice(["true", "false"]), help="Only with (true) or without.")
 @click.argument("output", type=click.Path(path_type=Path))
+@needs_database
 def export_command(output_format: str, output: Path, **filters: str | None):
     """Write every matching message, oldest first, rebuilt as MIME, to OUTPUT.
 
@@ -356,7 +379,7 @@ def import_command(paths: tuple[Path, ...]):
     skipped and listed. Exit 1 if any message failed, 3 if MongoDB went away (re-run to
     continue: what is already in is recognised as a duplicate).
     """
-    require_database()
+    require_database()  # a database lost midway is reported per message below, with the count so far
     archive = current_app.extensions["archive"]
     files, failed = find_import_files(paths)
     skipped: list[tuple[str, str]] = []
@@ -430,6 +453,7 @@ def _purge_query(archive, before: datetime | None, q: str | None) -> dict:
 @click.option("--q", "q", help="Only messages a search finds, in GET /emails?q= syntax, e.g. 'from:news@example.com'.")
 @click.option("--dry-run", is_flag=True, help="Only report what would be deleted (also the default without --yes).")
 @click.option("--yes", is_flag=True, help="Really delete.")
+@needs_database
 def purge_command(before: datetime | None, q: str | None, dry_run: bool, yes: bool):
     """Delete messages in bulk, with their unshared attachments; never messages on hold.
 

@@ -315,6 +315,9 @@ def test_the_operator_command_runs_flask_as_the_service_with_its_settings(site, 
     listed = subprocess.run([str(command), "--help"], cwd="/", capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0 and "check" in listed.stdout and "import" in listed.stdout
     assert f'--reuid="{site.user}"' in command.read_text()
+    if shutil.which("shellcheck"):
+        linted = subprocess.run(["shellcheck", "-s", "sh", str(command)], capture_output=True, text=True)
+        assert linted.returncode == 0, linted.stdout
     assert site.api_key not in checked.stdout + checked.stderr
     app = create_app(make_settings(tmp_path), mongo_client=mongomock.MongoClient(tz_aware=True))
     for path in {doc_commands.command_path(app, c.args) for c in doc_commands.documented_commands()}:
