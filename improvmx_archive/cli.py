@@ -19,6 +19,7 @@ from pymongo import uri_parser
 from pymongo.errors import ConnectionFailure
 
 from . import audience, blobrefs
+from .access.commands import keys_cli, users_cli
 from .archive import index_hint
 from .db import DatabaseUnavailable, create_indexes, ping
 from .deletion import DELETION_FIELDS, NOT_HELD
@@ -493,3 +494,10 @@ def register_commands(app: Flask) -> None:
     for command in (check_command, create_indexes_command, reindex_command, send_sample_command, gc_blobs_command,
                     spool_cli, notify_cli, export_command, import_command, purge_command):
         app.cli.add_command(command)
+    register_access_commands(app)
+
+
+def register_access_commands(app: Flask) -> None:
+    """`flask users ...` and `flask keys ...` (access/commands.py)."""
+    app.cli.add_command(users_cli)
+    app.cli.add_command(keys_cli)

@@ -161,7 +161,9 @@ def build_spec() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "One of the keys in API_KEY."}},
+                                           "description": "One of the operator keys in API_KEY, or a person's "
+                                                          "own key (imxa_...): it sees only that person's mail, "
+                                                          "and only what its scopes (read, write) allow."}},
             "responses": {"Error": {"description": "Error", "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/Error"}}}}},
             "schemas": {
