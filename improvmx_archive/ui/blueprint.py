@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from ..access.principal import Principal
 from ..db import DatabaseUnavailable
 from ..errors import MESSAGES, ApiError
+from ..mailio import Unrebuildable
 from ..ratelimit import configured_limit, identify_blueprint_callers, limiter
 from ..security import CSP_UI
 from .sessions import COOKIE_NAME, UiSession
@@ -136,3 +137,10 @@ def _database_error(error: Exception):
 def _unexpected(error: Exception):
     log.exception("unhandled error in the UI")
     return render_error(500, "Something went wrong on our side. The error has been logged.")
+
+
+@bp.errorhandler(Unrebuildable)
+def _unrebuildable(error: Unrebuildable):
+    """The Source tab of a message the rebuild fails on: say so, the other tabs still work."""
+    return render_error(500, f"This message is stored, but it {error.reason} as MIME, so its source cannot be "
+                             "shown. Its other tabs and attachments still work; the error has been logged.")
