@@ -507,3 +507,20 @@ def register_access_commands(app: Flask) -> None:
     """`flask users ...` and `flask keys ...` (access/commands.py)."""
     app.cli.add_command(users_cli)
     app.cli.add_command(keys_cli)
+    for group in (users_cli, keys_cli):
+        for command in group.commands.values():
+            if not getattr(command.callback, "database_errors_in_one_line", False):
+                command.callback = _database_errors_in_one_line(command.callback)
+
+
+def _database_errors_in_one_line(callback):
+    """A command's callback (already in the app context): MongoDB gone is the one-line error
+    and exit 3, as for every other operator command, not a traceback."""
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except (ConnectionFailure, DatabaseUnavailable):
+            database_unreachable(current_app.config["SETTINGS"])
+    run.database_errors_in_one_line = True
+    return run

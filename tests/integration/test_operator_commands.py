@@ -40,7 +40,8 @@ def _flask(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Comple
 
 @pytest.mark.parametrize("command", [["check"], ["import", "mail"], ["export", "out.mbox"], ["create-indexes"],
                                      ["reindex"], ["gc-blobs"], ["purge", "--before", "2025-01-01"],
-                                     ["notify", "status"]], ids=lambda words: "-".join(words))
+                                     ["notify", "status"], ["users", "list"], ["keys", "list"]],
+                         ids=lambda words: "-".join(words))
 def test_database_down_fails_fast_with_one_line_and_no_traceback(tmp_path, command):
     (tmp_path / "mail").mkdir()
     (tmp_path / "mail" / "a.eml").write_bytes(b"From: a@example.org\r\nSubject: x\r\n\r\nbody\r\n")
