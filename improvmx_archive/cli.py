@@ -16,9 +16,11 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 from pymongo import uri_parser
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from . import audience, blobrefs
+from .access import audit
+from .access.principal import Principal
 from . import delivered
 from .changes import note_change
 from .access.commands import keys_cli, users_cli
@@ -115,6 +117,7 @@ def create_indexes_command():
     create_indexes(database)
     current_app.extensions["people"].ensure_indexes()
     current_app.extensions["keys"].ensure_indexes()
+    current_app.extensions["audit_trail"].ensure_indexes()
     pending = blobrefs.unmigrated_count(database.emails)
     migrated = tagged = 0
     if pending:
@@ -414,6 +417,8 @@ def import_command(paths: tuple[Path, ...]):
                     stored += not (result.duplicate or result.deleted)
             except OSError as error:
                 failed.append((str(file.path), f"cannot read ({error.strerror or type(error).__name__})"))
+    _record_cli("import", count=stored, details={"duplicates": duplicates, "failed": len(failed), "deleted": deleted,
+                                                 "paths": [str(path)[:200] for path in paths[:20]]})
     tombstoned = f", deleted earlier so not stored {deleted}" if deleted else ""
     not_mail = f", skipped {len(skipped)} file(s) that are not mail" if skipped else ""
     click.echo(f"stored {stored}, duplicate {duplicates}, failed {len(failed)}{tombstoned}{not_mail}")
@@ -488,6 +493,8 @@ def purge_command(before: datetime | None, q: str | None, dry_run: bool, yes: bo
     with click.progressbar(length=total, label="deleting", file=sys.stderr) as bar:
         while batch := list(archive.emails.find(matching, DELETION_FIELDS).sort("received_at", 1).limit(PURGE_BATCH)):
             removed = set(archive.deleter.delete_documents(batch))
+            _record_cli("purge", email_ids=[str(i) for i in removed], count=len(removed),
+                        details={"before": _iso(before.replace(tzinfo=timezone.utc)) if before else None, "q": q})
             for document in batch:
                 if document["_id"] in removed:
                     click.echo(f"deleted {_purge_line(document)}")
@@ -501,6 +508,84 @@ def register_commands(app: Flask) -> None:
                     spool_cli, notify_cli, export_command, import_command, purge_command):
         app.cli.add_command(command)
     register_access_commands(app)
+    app.cli.add_command(audit_cli)
+
+
+# --- the audit trail (access/audit.py) ---------------------------------------------------------
+
+audit_cli = AppGroup("audit", help="The tamper-evident audit trail: verify its chain, trim old entries.")
+
+
+def _record_cli(action: str, **fields) -> None:
+    """An audit entry for an operator command (the CLI actor). Without MongoDB the command
+    itself has already failed; a failure here is reported, not hidden."""
+    try:
+        audit.record(action, principal=Principal.operator(via="cli"), **fields)
+    except audit.AuditUnavailable:
+        click.echo(f"error: the audit entry for this {action} could not be written (MongoDB unavailable)", err=True)
+        sys.exit(EXIT_DATABASE_UNREACHABLE)
+
+
+def _anchor(value: str) -> tuple[int, str]:
+    seq, _, digest = value.partition(":")
+    if not seq.isdigit() or len(digest) != 64:
+        raise click.BadParameter(f"{value!r} is not SEQ:HASH as `improvmx-archive audit verify` prints the head")
+    return int(seq), digest.lower()
+
+
+@audit_cli.command("verify")
+@with_appcontext
+@click.option("--anchor", "anchors", multiple=True, metavar="SEQ:HASH",
+              help="An entry noted earlier (the head verify printed); checks it was not rewritten. Repeatable.")
+def audit_verify_command(anchors: tuple[str, ...]):
+    """Check the whole chain; exit 1 naming the first entry edited, removed or reordered."""
+    trail = current_app.extensions["audit_trail"]
+    wanted = [_anchor(value) for value in anchors]
+    try:
+        total = trail.entries.estimated_document_count()
+        with click.progressbar(length=total, label="verifying", file=sys.stderr) as bar:
+            report = trail.verify(progress=bar.update, anchors=wanted)
+    except PyMongoError as error:
+        click.echo(f"error: MongoDB is unavailable ({type(error).__name__})", err=True)
+        sys.exit(EXIT_DATABASE_UNREACHABLE)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if report.awaiting_trim:
+        click.echo(f"{report.awaiting_trim} entr{'y' if report.awaiting_trim == 1 else 'ies'} below the trim "
+                   "record await deletion (an interrupted trim); not checked")
+    if not report.ok:
+        click.echo(f"FAILED after {report.checked} good entr{'y' if report.checked == 1 else 'ies'}: "
+                   f"{report.problem}", err=True)
+        sys.exit(1)
+    span = f"entries {report.first} to {report.last}" if report.checked else "no entries"
+    click.echo(f"ok: {report.checked} entr{'y' if report.checked == 1 else 'ies'} verified ({span})")
+    if report.head:
+        click.echo(f"head: {report.head['seq']}:{report.head['hash']}  (note it elsewhere; "
+                   "check it later with --anchor)")
+
+
+@audit_cli.command("trim")
+@with_appcontext
+@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Remove entries older than this many days (default AUDIT_RETENTION_DAYS).")
+def audit_trim_command(days: float | None):
+    """Remove the oldest entries (older than AUDIT_RETENTION_DAYS); what remains still verifies."""
+    days = days or current_app.config["SETTINGS"].audit_retention_days
+    if not days:
+        raise click.UsageError("AUDIT_RETENTION_DAYS is 0 (keep forever); give --days to trim anyway")
+    trail = current_app.extensions["audit_trail"]
+    cutoff = datetime.now(timezone.utc) - timedelta(days=days)
+    try:
+        with click.progressbar(length=trail.entries.estimated_document_count(), label="checking",
+                               file=sys.stderr) as bar:
+            removed = trail.trim(cutoff, progress=bar.update)
+    except audit.TrimRefused as refused:
+        click.echo(f"refused: {refused}; nothing was trimmed", err=True)
+        sys.exit(1)
+    except PyMongoError as error:
+        click.echo(f"error: MongoDB is unavailable ({type(error).__name__})", err=True)
+        sys.exit(EXIT_DATABASE_UNREACHABLE)
+    click.echo(f"ok: removed {removed} entr{'y' if removed == 1 else 'ies'} older than {days:g} day(s)")
 
 
 def register_access_commands(app: Flask) -> None:

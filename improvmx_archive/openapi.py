@@ -152,6 +152,56 @@ TRANSFER_PATHS = {
 }
 
 
+AUDIT_ENTRY = {"type": "object", "properties": {
+    "seq": {"type": "integer", "description": "Position in the chain (1, 2, 3, ...)."},
+    "at": {"type": "string", "format": "date-time"},
+    "actor": {"type": "object", "description": "Who: name, person_id (null for an operator key), key_id "
+                                              "(the personal key used; never the key itself), via "
+                                              "(key, session, imap, cli).",
+              "properties": {"name": {"type": "string"}, "person_id": {"type": ["string", "null"]},
+                             "key_id": {"type": ["string", "null"]}, "via": {"type": "string"}}},
+    "ip": {"type": ["string", "null"], "description": "The client address (null for the CLI)."},
+    "route": {"type": ["string", "null"],
+              "description": "The endpoint that acted (e.g. emails.get_email, ui.message)."},
+    "action": {"type": "string", "description": "view, list, download, export, processed, hold, delete, import, "
+                                                "purge, and sign-in, key and person changes."},
+    "outcome": {"type": "string", "description": "ok; refused (the message exists outside the caller's view: "
+                                                 "the caller got a 404); missing; held; duplicate; ..."},
+    "email_ids": {"type": "array", "items": {"type": "string"}},
+    "count": {"type": ["integer", "null"], "description": "How many messages (lists, exports, bulk work)."},
+    "details": {"type": ["object", "null"], "description": "e.g. the list's query, the part downloaded."},
+    "prev": {"type": "string", "description": "SHA-256 of the entry before it (the chain)."},
+    "hash": {"type": "string", "description": "SHA-256 of this entry's content, prev included."},
+}}
+
+AUDIT_PATHS = {
+    "/audit": {"get": {
+        "summary": "The audit trail, newest first (admins: everyone's; members: their own)",
+        "description": "Every view, download, list, export, processed/hold change, delete, purge and import, and "
+                       "every refused access to a message, in a hash chain (`improvmx-archive audit verify` checks it). "
+                       "Pages go by `next` (pass it back as cursor with the same filters; a cursor altered, "
+                       "or used with other filters or by another reader: 400). An unknown or bad parameter: 400 "
+                       "naming it.",
+        "security": BEARER,
+        "parameters": [
+            _param("person", "query", {"type": "string"},
+                   "A person's name or id, `operator` (API_KEY keys, the CLI) or `anonymous` (nobody signed "
+                   "in). A member always reads only their own entries."),
+            _param("action", "query", {"type": "string"}, "e.g. view, list, download, delete."),
+            _param("email_id", "query", {"type": "string"}, "Entries about this message."),
+            _param("since", "query", {"type": "string", "format": "date-time"}, "At or after (ISO 8601)."),
+            _param("until", "query", {"type": "string", "format": "date-time"}, "At or before (ISO 8601)."),
+            _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}, "Page size."),
+            _param("cursor", "query", {"type": "string"}, "The `next` value of the previous page."),
+        ],
+        "responses": {"200": {"description": "A page of entries", "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"success": {"const": True}, "count": {"type": "integer"},
+                                             "next": {"type": ["string", "null"]},
+                                             "entries": {"type": "array", "items": AUDIT_ENTRY}}}}}},
+                      **_error_responses(400, *AUTH_ERRORS)}}},
+}
+
+
 def build_spec() -> dict[str, Any]:
     """The whole OpenAPI document."""
     return {
@@ -285,6 +335,7 @@ def build_spec() -> dict[str, Any]:
                                       "content": {"text/plain": {"schema": {"type": "string"}}}},
                               **_error_responses(*AUTH_ERRORS)}}},
             **TRANSFER_PATHS,
+            **AUDIT_PATHS,
             "/docs": {"get": {"summary": "This documentation as a web page", "security": [],
                               "responses": {"200": {"description": "HTML"}}}},
             "/openapi.json": {"get": {"summary": "This OpenAPI description", "security": [],

@@ -164,11 +164,11 @@ def content_disposition(disposition: str, filename: str) -> str:
 
 
 def part_response(email_id: str, *, name: str | None = None, position: int | None = None,
-                  only_types: frozenset[str] | None = None):
+                  only_types: frozenset[str] | None = None, audited: bool = True):
     """A part's bytes under the download rules: only INLINE_TYPES may display in the browser,
     anything else (HTML, SVG, unknown) downloads; text gets a charset. The API and the UI
     both serve parts through here. only_types: 404 for any other content type."""
-    record, blob = visible_archive().part(email_id, name=name, position=position)
+    record, blob = visible_archive(audited).part(email_id, name=name, position=position)
     if record is None or (only_types is not None and str(record.get("type") or "").lower() not in only_types):
         raise ApiError(404, "Attachment not found")
     if blob is None:

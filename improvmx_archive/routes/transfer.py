@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from ..access import audit
 from ..access.authn import require_access, require_admin
 from ..access.scoped import visible_archive
 from ..db import DatabaseUnavailable
@@ -76,6 +77,8 @@ def import_message():
         log.warning("import refused: database unavailable")
         raise ApiError(503, "Storage temporarily unavailable; retry later", {"Retry-After": "30"}) from None
     log.info("imported email_id=%s duplicate=%s", result.email_id, result.duplicate)
+    audit.record("import", "deleted" if result.deleted else "duplicate" if result.duplicate else "ok",
+                 email_ids=[str(result.email_id)], count=1)
     if result.deleted:
         return jsonify(success=True, email_id=result.email_id, duplicate=False, deleted=True,
                        message="Email was deleted; not imported again")

@@ -11,7 +11,6 @@ from flask import current_app, flash, redirect, render_template, request, url_fo
 
 from ..access.scoped import visible_archive
 from ..changes import content_mark
-from ..deletion import MessageOnHold
 from ..listing import Page, parse_filters
 from ..query import QueryError
 from .auth import safe_next
@@ -28,10 +27,11 @@ def list_args(args) -> dict[str, str]:
     return {name: args[name] for name in LIST_ARGS if args.get(name)}
 
 
-def list_page(cursor: str | None, limit: int = PAGE_SIZE, count: bool = False) -> Page:
+def list_page(cursor: str | None, limit: int = PAGE_SIZE, count: bool = False, audited: bool = True) -> Page:
     """A page of the current list through the API's own listing (the same `q` language and
-    filters as GET /emails, 400 on a bad value), from a cursor: page 500 costs what page 1 does."""
-    return visible_archive().list_page(parse_filters(request.args), cursor or None, limit, count=count)
+    filters as GET /emails, 400 on a bad value), from a cursor: page 500 costs what page 1 does.
+    audited=False for a message page's look at its neighbours (the message view is recorded)."""
+    return visible_archive(audited).list_page(parse_filters(request.args), cursor or None, limit, count=count)
 
 
 def _aliases() -> list[tuple[str, int]]:
@@ -86,8 +86,7 @@ def bulk():
                                         {"subject": 1, "from": 1, "received_at": 1, "hold": 1})
         return render_template("ui/confirm_delete.html", messages=list(chosen),
                                back=safe_next(request.form.get("back")))
-    for email_id in ids:
-        archive.set_processed(email_id, action == "processed")
+    archive.set_processed_many(ids, action == "processed")
     return redirect(safe_next(request.form.get("back")), 303)
 
 
@@ -98,13 +97,7 @@ def delete():
     kept); held messages stay and are reported."""
     if request.form.get("confirm") != "yes":
         return render_error(400, "Deletion was not confirmed, so nothing was deleted.")
-    archive = visible_archive()
-    deleted = held = 0
-    for email_id in _selected():
-        try:
-            deleted += archive.delete(email_id)
-        except MessageOnHold:
-            held += 1
+    deleted, held = visible_archive().delete_many(_selected())
     notice = f"Deleted {deleted} message{'' if deleted == 1 else 's'}."
     if held:
         notice += f" {held} on hold {'was' if held == 1 else 'were'} kept: release the hold first."

@@ -147,7 +147,7 @@ def _html_view(document: dict[str, Any], remote: bool) -> tuple[int, str]:
 def _source(email_id: str) -> tuple[str, bool]:
     """The start of the rebuilt .eml as text, and whether it was cut short."""
     taken, size = [], 0
-    chunks = visible_archive().rebuild(email_id) or iter(())
+    chunks = visible_archive(audited=False).rebuild(email_id) or iter(())  # the page's view is recorded
     try:
         for chunk in chunks:
             taken.append(chunk)
@@ -175,7 +175,7 @@ def _neighbours(email_id: str) -> tuple[dict | None, dict | None]:
     if not offset.isdigit() or int(offset) >= PAGE_SIZE:
         return None, None
     offset, cursor, previous = int(offset), request.args.get("c") or None, request.args.get("pc")
-    page = list_page(cursor)
+    page = list_page(cursor, audited=False)
     if offset >= len(page.emails) or str(page.emails[offset]["_id"]) != email_id:
         return None, None  # the list changed since: no neighbours rather than wrong ones
 
@@ -186,12 +186,12 @@ def _neighbours(email_id: str) -> tuple[dict | None, dict | None]:
     if offset > 0:
         newer = at(page.emails[offset - 1], cursor, offset - 1)
     elif previous is not None:
-        earlier = list_page(previous or None).emails
+        earlier = list_page(previous or None, audited=False).emails
         newer = at(earlier[-1], previous or None, len(earlier) - 1, None) if earlier else None
     if offset + 1 < len(page.emails):
         older = at(page.emails[offset + 1], cursor, offset + 1)
     elif page.next:
-        following = list_page(page.next, limit=1).emails
+        following = list_page(page.next, limit=1, audited=False).emails
         older = at(following[0], page.next, 0, cursor or "") if following else None
     return newer, older
 
@@ -250,10 +250,11 @@ def frame(email_id: str):
 @bp.get("/emails/<email_id>/inline/<grant>/<int:position>")
 def inline_part(email_id: str, grant: str, position: int):
     """An inline image for the sandboxed frame (opaque origin, so no cookie and a
-    cross-origin fetch): authorised by the grant, images only."""
+    cross-origin fetch): authorised by the grant, images only. Not audited one by one: the
+    grant exists only because this session's audited view of the message minted it."""
     if len(grant) > 200 or not _grant_is_live(grant, email_id):
         raise ApiError(404, "Attachment not found")
-    response = part_response(email_id, position=position, only_types=FRAME_IMAGE_TYPES)
+    response = part_response(email_id, position=position, only_types=FRAME_IMAGE_TYPES, audited=False)
     response.headers["Cross-Origin-Resource-Policy"] = "cross-origin"
     return response
 
