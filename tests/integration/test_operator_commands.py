@@ -113,7 +113,7 @@ def test_every_documented_command_line_runs_as_written_on_a_dev_box(tmp_path, se
     ran = 0
     for command in documented:
         path = doc_commands.command_path(app, command.args)
-        if path in EXAMPLES_ONLY:
+        if path in EXAMPLES_ONLY or any("..." in word for word in command.args):  # `--anchor 1234:5f3a...`
             continue
         if path == ("import",):  # the files the example imports: this archive's own export
             shutil.copy(work / "backup.mbox", work / "previous-host.mbox")
