@@ -16,6 +16,7 @@ Usage: sudo $0 [options]
   --env-file FILE    .env to install; default: keep the installed one, else the checkout's .env  [\$IMPROVMX_ENV_FILE]
   --python PATH      interpreter for the virtualenv, 3.11 or newer  [\$IMPROVMX_PYTHON, /usr/bin/python3]
   --unit-dir DIR     where the unit file goes (packaging and tests)  [\$IMPROVMX_UNIT_DIR, /etc/systemd/system]
+  --bin-dir DIR      where the operator command improvmx-archive goes  [\$IMPROVMX_BIN_DIR, /usr/local/bin]
   --dry-run          print what would be done, change nothing  [\$IMPROVMX_DRY_RUN=1]
   -h, --help         this text
 EOF
@@ -27,6 +28,7 @@ PORT=${IMPROVMX_PORT:-42010}
 ENV_FILE=${IMPROVMX_ENV_FILE:-}
 PYTHON=${IMPROVMX_PYTHON:-/usr/bin/python3}
 UNIT_DIR=${IMPROVMX_UNIT_DIR:-/etc/systemd/system}
+BIN_DIR=${IMPROVMX_BIN_DIR:-/usr/local/bin}
 DRY_RUN=${IMPROVMX_DRY_RUN:-0}
 
 UNIT=improvmx-webhook.service
@@ -44,6 +46,7 @@ while [[ $# -gt 0 ]]; do
 	--env-file) need_value "$@"; ENV_FILE=$2; shift 2 ;;
 	--python) need_value "$@"; PYTHON=$2; shift 2 ;;
 	--unit-dir) need_value "$@"; UNIT_DIR=$2; shift 2 ;;
+	--bin-dir) need_value "$@"; BIN_DIR=$2; shift 2 ;;
 	--dry-run) DRY_RUN=1; shift ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage >&2; die "unknown option: $1" ;;
@@ -54,6 +57,7 @@ done
 [[ $INSTALL_DIR =~ ^/[A-Za-z0-9._/-]*[A-Za-z0-9._-]$ && $INSTALL_DIR != *..* ]] ||
 	die "--install-dir must be an absolute path of letters, digits, '.', '_', '-' and '/': $INSTALL_DIR"
 [[ $UNIT_DIR =~ ^/[A-Za-z0-9._/-]+$ ]] || die "--unit-dir must be an absolute path: $UNIT_DIR"
+[[ $BIN_DIR =~ ^/[A-Za-z0-9._/-]+$ ]] || die "--bin-dir must be an absolute path: $BIN_DIR"
 [[ $SERVICE_USER =~ ^[a-z_][a-z0-9_-]{0,31}$ && $SERVICE_USER != root ]] ||
 	die "--user must be a lower-case account name other than root: $SERVICE_USER"
 if ! [[ $PORT =~ ^[0-9]{4,5}$ ]] || ((PORT < 1024 || PORT > 65535)); then
@@ -194,6 +198,33 @@ elif [[ $(stat -c '%U:%G %a' "$INSTALLED_ENV") != "root:$SERVICE_GROUP 640" ]]; 
 	did "ownership set to root:$SERVICE_GROUP, mode 0640"
 else
 	note "unchanged"
+fi
+
+# --- the operator command: the app's flask commands with the service's settings, as its user --
+OPERATOR=$BIN_DIR/improvmx-archive
+say "operator command: $OPERATOR"
+cat >"$WORK/improvmx-archive" <<EOF
+#!/bin/sh
+# improvmx-archive: the operator commands of the ImprovMX Webhook Archive installed in
+# $INSTALL_DIR (check, import, export, spool, purge, ...; --help lists them).
+# Written by install_service.sh: runs the installed app's flask commands as the service user
+# $SERVICE_USER with the service's own .env and state directory, from the current directory.
+set -e
+if [ "\$(id -un)" != "$SERVICE_USER" ]; then
+	if [ "\$(id -u)" -ne 0 ]; then
+		exec sudo -- "\$0" "\$@"
+	fi
+	exec setpriv --reuid="$SERVICE_USER" --regid="$SERVICE_GROUP" --clear-groups -- "\$0" "\$@"
+fi
+exec env -i PATH=/usr/bin:/bin LANG=C.UTF-8 TERM="\${TERM:-dumb}" \\
+	STATE_DIRECTORY=/var/lib/improvmx-webhook IMPROVMX_ENV_FILE="$INSTALLED_ENV" \\
+	"$VENV/bin/flask" --app "$INSTALL_DIR/app.py" "\$@"
+EOF
+if [[ -f $OPERATOR ]] && cmp -s "$WORK/improvmx-archive" "$OPERATOR"; then
+	note "unchanged"
+else
+	run install -D -m 0755 -o root -g root "$WORK/improvmx-archive" "$OPERATOR"
+	did "installed: e.g. improvmx-archive check, improvmx-archive spool status"
 fi
 
 # --- systemd unit ---------------------------------------------------------------------

@@ -13,6 +13,7 @@ Usage: sudo $0 [options]
   --install-dir DIR  as given to install_service.sh  [\$IMPROVMX_INSTALL_DIR, /opt/improvmx-webhook]
   --user NAME        the service user  [\$IMPROVMX_USER, improvmx]
   --unit-dir DIR     where the unit file is  [\$IMPROVMX_UNIT_DIR, /etc/systemd/system]
+  --bin-dir DIR      where the operator command improvmx-archive is  [\$IMPROVMX_BIN_DIR, /usr/local/bin]
   --state-dir DIR    the unit's StateDirectory  [\$IMPROVMX_STATE_DIR, /var/lib/improvmx-webhook]
   --purge            also delete .env, the state directory and the service user
   --force            with --purge: delete even messages still waiting in the spool
@@ -24,6 +25,7 @@ EOF
 INSTALL_DIR=${IMPROVMX_INSTALL_DIR:-/opt/improvmx-webhook}
 SERVICE_USER=${IMPROVMX_USER:-improvmx}
 UNIT_DIR=${IMPROVMX_UNIT_DIR:-/etc/systemd/system}
+BIN_DIR=${IMPROVMX_BIN_DIR:-/usr/local/bin}
 STATE_DIR=${IMPROVMX_STATE_DIR:-/var/lib/improvmx-webhook}
 DRY_RUN=${IMPROVMX_DRY_RUN:-0}
 PURGE=0 FORCE=0
@@ -40,6 +42,7 @@ while [[ $# -gt 0 ]]; do
 	--install-dir) need_value "$@"; INSTALL_DIR=$2; shift 2 ;;
 	--user) need_value "$@"; SERVICE_USER=$2; shift 2 ;;
 	--unit-dir) need_value "$@"; UNIT_DIR=$2; shift 2 ;;
+	--bin-dir) need_value "$@"; BIN_DIR=$2; shift 2 ;;
 	--state-dir) need_value "$@"; STATE_DIR=$2; shift 2 ;;
 	--purge) PURGE=1; shift ;;
 	--force) FORCE=1; shift ;;
@@ -50,7 +53,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 # These paths are deleted from: refuse anything but a plain absolute path below /.
-for dir in "$INSTALL_DIR" "$UNIT_DIR" "$STATE_DIR"; do
+for dir in "$INSTALL_DIR" "$UNIT_DIR" "$STATE_DIR" "$BIN_DIR"; do
 	[[ $dir =~ ^/[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$ && $dir != *..* ]] ||
 		die "refusing path $dir: give an absolute path below / without '..'"
 done
@@ -87,6 +90,12 @@ if [[ -f $UNIT_DIR/$UNIT ]]; then
 	did "stopped, disabled, unit removed"
 else
 	note "no unit file at $UNIT_DIR/$UNIT"
+fi
+
+# Only the command install_service.sh wrote (it names itself so), never someone else's.
+if grep -qs '^# Written by install_service.sh' "$BIN_DIR/improvmx-archive"; then
+	run rm -f "$BIN_DIR/improvmx-archive"
+	did "removed the operator command $BIN_DIR/improvmx-archive"
 fi
 
 say "application in $INSTALL_DIR"

@@ -74,12 +74,22 @@ class ManagedProcess:
             start_new_session=True,
         )
         log.close()
-        try:
-            wait_for_port(self.port, timeout)
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError(f"{self.name} did not start; log:\n{self.log_text()}") from None
-        return self
+        deadline = time.monotonic() + timeout
+        while True:
+            # An exit (a port or a data directory held by another server) is a failure at once,
+            # even if something else answers on the port.
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with status {self.proc.returncode} at start; "
+                                   f"log:\n{self.log_text()}")
+            try:
+                wait_for_port(self.port, min(0.5, max(0.0, deadline - time.monotonic())))
+            except TimeoutError:
+                if time.monotonic() < deadline:
+                    continue
+                self.stop()
+                raise RuntimeError(f"{self.name} did not start; log:\n{self.log_text()}") from None
+            if self.proc.poll() is None:
+                return self
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+import click
 from flask import Flask
 from flask_cors import CORS
 from pymongo.errors import PyMongoError
@@ -69,7 +70,8 @@ def register_config(app: Flask, settings: Settings) -> None:
 
 
 def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
-    client = mongo_client if mongo_client is not None else make_client(settings)
+    operator_command = click.get_current_context(silent=True) is not None  # loaded by `flask ...`
+    client = mongo_client if mongo_client is not None else make_client(settings, operator=operator_command)
     database = client[settings.mongo_db]
     app.extensions["mongo_client"] = client
     app.extensions["database"] = database
@@ -95,8 +97,11 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
         app.extensions["keys"].ensure_indexes()
         app.extensions["audit_trail"].ensure_indexes()
     except PyMongoError:
-        log.warning("MongoDB unreachable at start-up; indexes will be created by `flask create-indexes` "
-                    "or the next start")
+        # An operator command reports this itself at once (cli.require_database), not after a second wait.
+        app.extensions["database_unreachable_at_start"] = operator_command
+        if not operator_command:
+            log.warning("MongoDB unreachable at start-up; indexes will be created by `improvmx-archive create-indexes` "
+                        "or the next start")
     register_rate_limits(app, settings)
     if settings.cors_origins:
         CORS(app, origins=list(settings.cors_origins), supports_credentials=False,

@@ -3,6 +3,7 @@ export and import."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -14,7 +15,8 @@ from pathlib import Path
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
-from pymongo.errors import PyMongoError
+from pymongo import uri_parser
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from . import audience, blobrefs
 from .access import audit
@@ -42,21 +44,72 @@ EXIT_DATABASE_UNREACHABLE = 3
 SPOOL_LISTED = 20
 
 
+# Set by the development command (devtools/devserver.py): the database is the one ./dev.sh starts.
+DEV_BOX_VARIABLE = "IMPROVMX_DEV_BOX"
+
+
+def database_hint(settings) -> str:
+    """What to look at when MongoDB does not answer, for where the command runs: on a dev box
+    the embedded database ./dev.sh starts, on a server the database service (never the URI's
+    credentials)."""
+    if os.environ.get(DEV_BOX_VARIABLE):
+        return "start the development server and its database with ./dev.sh (in another terminal), then run this again"
+    try:
+        hosts = [f"{host}:{port}" for host, port in uri_parser.parse_uri(settings.mongo_uri)["nodelist"]]
+    except Exception:  # an SRV record or an odd URI: name no host rather than fail here
+        hosts = []
+    if hosts and all(host.split(":")[0] in ("127.0.0.1", "localhost", "::1", "[::1]") for host in hosts):
+        return f"is MongoDB running on {hosts[0]}? see: sudo systemctl status mongod"
+    where = ", ".join(hosts) or "the host in MONGO_URI"
+    return f"is MongoDB at {where} up and reachable from here? on its host see: sudo systemctl status mongod"
+
+
+def database_unreachable(settings) -> None:
+    """The one-line error of a command that needs MongoDB and cannot reach it; exit 3."""
+    options = getattr(current_app.extensions["mongo_client"], "options", None)
+    waited = getattr(options, "server_selection_timeout", None)  # shortened for operator commands
+    if not isinstance(waited, (int, float)):
+        waited = settings.mongo_timeout_ms / 1000
+    click.echo(f"error: MongoDB is not reachable within {waited * 1000:.0f} ms "
+               f"({database_hint(settings)})", err=True)
+    sys.exit(EXIT_DATABASE_UNREACHABLE)
+
+
+def require_database() -> None:
+    """Exit 3 with the one-line error unless MongoDB answers; a command whose app already
+    found it down at start-up says so without waiting a second time."""
+    if current_app.extensions.get("database_unreachable_at_start") or not ping(current_app.extensions["mongo_client"]):
+        database_unreachable(current_app.config["SETTINGS"])
+
+
+def needs_database(command):
+    """The command needs MongoDB: down at the start or gone midway, it ends with the one-line
+    error and exit status 3, never a traceback (a rerun continues: every command is safe to
+    repeat)."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        require_database()
+        try:
+            return command(*args, **kwargs)
+        except (ConnectionFailure, DatabaseUnavailable):
+            click.echo("", err=True)  # below a progress bar
+            database_unreachable(current_app.config["SETTINGS"])
+    return run
+
+
 @click.command("check")
 @with_appcontext
 def check_command():
     """Configuration valid (it loaded) and MongoDB reachable; exit 0, or 3 if MongoDB is not."""
     settings = current_app.config["SETTINGS"]
-    if not ping(current_app.extensions["mongo_client"]):
-        click.echo(f"error: MongoDB is not reachable within {settings.mongo_timeout_ms} ms "
-                   f"(check MONGO_URI / MONGO_HOST)", err=True)
-        sys.exit(EXIT_DATABASE_UNREACHABLE)
+    require_database()
     click.echo(f"ok: configuration valid, MongoDB reachable, database {settings.mongo_db!r}, "
                f"{len(settings.api_keys)} API key(s), spool at {settings.spool_dir}")
 
 
 @click.command("create-indexes")
 @with_appcontext
+@needs_database
 def create_indexes_command():
     """Create every index the app relies on (idempotent; also done at start-up), and give
     messages stored by older versions their blob_ids array and audience tags."""
@@ -89,6 +142,7 @@ def create_indexes_command():
               help="Rebuild every message's search fields, not only those missing or made by older rules.")
 @click.option("--restart", is_flag=True, help="Forget the position an interrupted run saved; start from the oldest.")
 @click.option("--batch-size", default=BATCH_SIZE, show_default=True, type=click.IntRange(1, 10_000))
+@needs_database
 def reindex_command(everything: bool, restart: bool, batch_size: int):
     """Make messages stored before search existed searchable (safe while mail arrives;
     an interrupted run resumes where it stopped)."""
@@ -127,6 +181,7 @@ def send_sample_command(url: str, recipient: str):
 @with_appcontext
 @click.option("--grace-minutes", default=60, show_default=True, type=click.IntRange(min=1),
               help="Keep unreferenced blobs younger than this (an ingest may be in flight).")
+@needs_database
 def gc_blobs_command(grace_minutes: int):
     """Delete attachment blobs no message references and uploads cut short by a crash."""
     blobs, uploads = collect_orphans(current_app.extensions["archive"], timedelta(minutes=grace_minutes))
@@ -182,7 +237,7 @@ def spool_status_command(list_all: bool):
             click.echo(f"  ... and {len(waiting) - len(shown)} more (--all lists every one)")
         click.echo("These were acknowledged to ImprovMX and are not in MongoDB yet. They move there "
                    f"automatically once it answers (each worker checks every ~{settings.spool_replay_interval:.0f} s), "
-                   "or now with `flask spool replay`.")
+                   "or now with `improvmx-archive spool replay`.")
     click.echo(f"set aside as corrupt: {status['corrupt']} (in {spool.corrupt_dir.resolve()})")
 
 
@@ -204,6 +259,7 @@ def spool_replay_command():
 
 @notify_cli.command("status")
 @click.option("--all", "list_all", is_flag=True, help="List every failed notification, not just the latest.")
+@needs_database
 def notify_status_command(list_all: bool):
     """Receivers, the backlog and notifications given up after NOTIFY_MAX_HOURS; exit 1 if any failed."""
     outbox = current_app.extensions["outbox"]
@@ -226,11 +282,12 @@ def notify_status_command(list_all: bool):
     if counts["failed"] > len(failed):
         click.echo(f"  ... and {counts['failed'] - len(failed)} more (--all lists them)")
     if counts["failed"]:
-        click.echo("`flask notify retry` gives failed notifications another NOTIFY_MAX_HOURS", err=True)
+        click.echo("`improvmx-archive notify retry` gives failed notifications another NOTIFY_MAX_HOURS", err=True)
         sys.exit(1)
 
 
 @notify_cli.command("retry")
+@needs_database
 def notify_retry_command():
     """Queue every failed notification again, with a fresh NOTIFY_MAX_HOURS to succeed."""
     click.echo(f"ok: {current_app.extensions['outbox'].retry_failed()} failed notification(s) queued again")
@@ -271,6 +328,7 @@ def _write_atomically(path: Path, chunks) -> None:
 @click.option("--processed", type=click.Choice(["true", "false"]), help="Only processed (true) or unprocessed.")
 @click.option("--has-attachments", type=click.Choice(["true", "false"]), help="Only with (true) or without.")
 @click.argument("output", type=click.Path(path_type=Path))
+@needs_database
 def export_command(output_format: str, output: Path, **filters: str | None):
     """Write every matching message, oldest first, rebuilt as MIME, to OUTPUT.
 
@@ -327,11 +385,14 @@ def import_command(paths: tuple[Path, ...]):
     """Import .eml files, directories of them (recursively) and mbox files (mboxrd or mboxo).
 
     Each message is stored once however often it is imported; its date is its top Received:
-    header's (else Date:). Exit 1 if any message failed, 3 if MongoDB went away (re-run to
+    header's (else Date:). Files that are not mail (a README.md beside the messages) are
+    skipped and listed. Exit 1 if any message failed, 3 if MongoDB went away (re-run to
     continue: what is already in is recognised as a duplicate).
     """
+    require_database()  # a database lost midway is reported per message below, with the count so far
     archive = current_app.extensions["archive"]
     files, failed = find_import_files(paths)
+    skipped: list[tuple[str, str]] = []
     stored = duplicates = deleted = 0
     with click.progressbar(length=sum(file.count for file in files), label="importing") as bar:
         for file in files:
@@ -341,11 +402,12 @@ def import_command(paths: tuple[Path, ...]):
                     try:
                         result, _ = import_raw(archive, raw)
                     except NotAMessage as error:
-                        failed.append((label, str(error)))
+                        (skipped if file.skipped_unless_mail else failed).append((label, str(error)))
                         continue
                     except DatabaseUnavailable:
                         click.echo(f"\nerror: MongoDB is unavailable (at {label}); stored {stored} so far. "
-                                   "Re-run the same command to continue.", err=True)
+                                   f"Re-run the same command to continue ({database_hint(current_app.config['SETTINGS'])})",
+                                   err=True)
                         sys.exit(EXIT_DATABASE_UNREACHABLE)
                     except Exception as error:  # one broken message never stops the rest
                         failed.append((label, f"cannot be stored ({type(error).__name__})"))
@@ -358,7 +420,10 @@ def import_command(paths: tuple[Path, ...]):
     _record_cli("import", count=stored, details={"duplicates": duplicates, "failed": len(failed), "deleted": deleted,
                                                  "paths": [str(path)[:200] for path in paths[:20]]})
     tombstoned = f", deleted earlier so not stored {deleted}" if deleted else ""
-    click.echo(f"stored {stored}, duplicate {duplicates}, failed {len(failed)}{tombstoned}")
+    not_mail = f", skipped {len(skipped)} file(s) that are not mail" if skipped else ""
+    click.echo(f"stored {stored}, duplicate {duplicates}, failed {len(failed)}{tombstoned}{not_mail}")
+    for label, reason in skipped:
+        click.echo(f"  skipped {label}: {reason}")
     for label, reason in failed:
         click.echo(f"  failed {label}: {reason}", err=True)
     if failed:
@@ -400,6 +465,7 @@ def _purge_query(archive, before: datetime | None, q: str | None) -> dict:
 @click.option("--q", "q", help="Only messages a search finds, in GET /emails?q= syntax, e.g. 'from:news@example.com'.")
 @click.option("--dry-run", is_flag=True, help="Only report what would be deleted (also the default without --yes).")
 @click.option("--yes", is_flag=True, help="Really delete.")
+@needs_database
 def purge_command(before: datetime | None, q: str | None, dry_run: bool, yes: bool):
     """Delete messages in bulk, with their unshared attachments; never messages on hold.
 
@@ -463,7 +529,7 @@ def _record_cli(action: str, **fields) -> None:
 def _anchor(value: str) -> tuple[int, str]:
     seq, _, digest = value.partition(":")
     if not seq.isdigit() or len(digest) != 64:
-        raise click.BadParameter(f"{value!r} is not SEQ:HASH as `flask audit verify` prints the head")
+        raise click.BadParameter(f"{value!r} is not SEQ:HASH as `improvmx-archive audit verify` prints the head")
     return int(seq), digest.lower()
 
 
@@ -526,3 +592,20 @@ def register_access_commands(app: Flask) -> None:
     """`flask users ...` and `flask keys ...` (access/commands.py)."""
     app.cli.add_command(users_cli)
     app.cli.add_command(keys_cli)
+    for group in (users_cli, keys_cli):
+        for command in group.commands.values():
+            if not getattr(command.callback, "database_errors_in_one_line", False):
+                command.callback = _database_errors_in_one_line(command.callback)
+
+
+def _database_errors_in_one_line(callback):
+    """A command's callback (already in the app context): MongoDB gone is the one-line error
+    and exit 3, as for every other operator command, not a traceback."""
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except (ConnectionFailure, DatabaseUnavailable):
+            database_unreachable(current_app.config["SETTINGS"])
+    run.database_errors_in_one_line = True
+    return run

@@ -203,9 +203,13 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, dotenv_path: str | None = ".env") -> "Settings":
-        """Read settings; variables in the real environment override those in .env."""
+        """Read settings; variables in the real environment override those in .env (or in
+        the file IMPROVMX_ENV_FILE names, as the operator command sets it)."""
         env = {}
-        if dotenv_path and Path(dotenv_path).is_file():
+        named = (os.environ if environ is None else environ).get(ENV_FILE_VARIABLE)
+        if named and dotenv_path == ".env":
+            env.update(_named_env_file(named))
+        elif dotenv_path and Path(dotenv_path).is_file():
             env.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
         env.update(os.environ if environ is None else environ)
 
@@ -274,6 +278,21 @@ class Settings:
 
 
 EXIT_CONFIG_ERROR = 2
+
+# The settings file to read instead of ./.env: the operator command `improvmx-archive` points
+# it at the service's own, so a command run from any directory sees what the service sees.
+ENV_FILE_VARIABLE = "IMPROVMX_ENV_FILE"
+
+
+def _named_env_file(path: str) -> dict[str, str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return {k: v for k, v in dotenv_values(stream=handle).items() if v is not None}
+    except PermissionError:
+        raise ConfigError(f"{ENV_FILE_VARIABLE}: {path} is not readable by this user; run the command as root "
+                          "(sudo) or as the service user") from None
+    except OSError as error:
+        raise ConfigError(f"{ENV_FILE_VARIABLE}: cannot read {path} ({error.strerror or type(error).__name__})") from None
 
 
 def error_line(error: ConfigError) -> str:

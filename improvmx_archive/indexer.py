@@ -221,7 +221,7 @@ class SearchIndexer:
                 return self.emails.update_one(condition, change).matched_count
             except WriteError as error:
                 reason = f"write error {error.code}"
-        log.error("message %s cannot be indexed for search (%s); q will not find it until `flask reindex`",
+        log.error("message %s cannot be indexed for search (%s); q will not find it until `improvmx-archive reindex`",
                   document["_id"], reason)
         return self.emails.update_one(condition, {"$set": {"search_error": reason},
                                                   "$unset": {PENDING: ""}}).matched_count

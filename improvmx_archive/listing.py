@@ -42,6 +42,14 @@ _MAC_BYTES = 16
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MILLISECOND = timedelta(milliseconds=1)
 
+# Every query parameter of the mail API in one place: what a listing filters on (GET /emails,
+# GET /export.mbox) and how it pages (GET /emails only). Anything else is refused, so a typo
+# (`form_email`) or an injected operator (`from_email[$ne]`) never silently widens a listing.
+FILTER_PARAMETERS = ("q", "from_email", "to", "subject", "since", "until", "processed", "has_attachments")
+PAGE_PARAMETERS = ("limit", "skip", "cursor", "count")
+LIST_PARAMETERS = FILTER_PARAMETERS + PAGE_PARAMETERS
+_NAME_SHOWN = 60  # characters of an unknown parameter's name echoed in the error
+
 
 @dataclass(frozen=True)
 class Filters:
@@ -134,6 +142,16 @@ def subject_query(term: str) -> dict[str, Any]:
     if grams:
         query["subject_trigrams"] = {"$in": [max(grams, key=_rarity), LONG_SUBJECT]}
     return query
+
+
+def reject_unknown_parameters(args: Mapping[str, str], known: tuple[str, ...]) -> None:
+    """QueryError (400) naming the first parameter that is not one of `known`. The API calls
+    this; the UI, whose pages carry their own parameters next to the filters, does not."""
+    for name in args:
+        if name not in known:
+            shown = name if len(name) <= _NAME_SHOWN else name[:_NAME_SHOWN] + "…"
+            raise QueryError(f"unknown query parameter '{shown}'; this endpoint takes "
+                             f"{', '.join(known) if known else 'none'}")
 
 
 def parse_filters(args: Mapping[str, str]) -> Filters:

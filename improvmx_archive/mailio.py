@@ -16,7 +16,6 @@ import hashlib
 import itertools
 import json
 import logging
-import mailbox
 import re
 import secrets
 import time
@@ -713,11 +712,33 @@ def arrival_time(headers) -> datetime:
     return _parse_date(top) or _parse_date(str(headers.get("Date") or "")) or datetime.now(timezone.utc)
 
 
+# An mbox separator line as RFC 4155 and mutt's is_from() know it: `From `, the envelope
+# sender, an asctime date (the weekday optional, a zone name or offset allowed). Only such a
+# line, or any `From ` line after an empty one in a file whose first line is not one,
+# starts a message: a raw message saved with an envelope line keeps its unquoted
+# "From here on..." body lines.
+MBOX_SEPARATOR = re.compile(
+    rb"From \S+ +(?:[A-Z][a-z]{2},? +)?[A-Z][a-z]{2} +\d{1,2} +\d{1,2}:\d{2}(?::\d{2})?"
+    rb"(?: +[A-Za-z]{1,5}| +[+-]\d{4})? +\d{4}(?: +[+-]\d{4})? *\r?\n?\Z")
+ENVELOPE_LINE = re.compile(rb"From (?! *:)")  # `From x ...`, never a `From :` header
+
+
+def message_bytes(raw: bytes) -> bytes:
+    """The message alone, the same whichever way it arrives: without an mbox envelope line in
+    front (a file cut from an mbox) and with exactly one line ending at the end (mbox framing
+    adds or drops the empty lines after a message, so they cannot be told from its own)."""
+    if ENVELOPE_LINE.match(raw):
+        raw = raw.partition(b"\n")[2]
+    content = raw.rstrip(b"\r\n")
+    return content + (b"\r\n" if raw.endswith(b"\r\n") else b"\n") if content.strip() else b""
+
+
 def parse_raw_message(raw: bytes) -> ParsedImport:
     """The payload ImprovMX would have sent for these bytes, and the message's arrival time.
 
     Raises NotAMessage for bytes without a usable header block.
     """
+    raw = message_bytes(raw)
     if not raw.strip():
         raise NotAMessage("the message is empty")
     headers = BytesHeaderParser(policy=email_policy.compat32).parsebytes(raw)
@@ -768,6 +789,38 @@ def is_mbox(path: Path) -> bool:
         return handle.read(5) == b"From "
 
 
+def _mbox_entries(path: Path) -> Iterator[list[bytes]]:
+    """The lines of each message of an mbox file, separator lines left out."""
+    with path.open("rb") as handle:
+        first = handle.readline()
+        strict = bool(MBOX_SEPARATOR.match(first))
+        current: list[bytes] = []
+        previous_empty = False
+        for line in handle:
+            if line.startswith(b"From ") and (MBOX_SEPARATOR.match(line) if strict else previous_empty):
+                yield current
+                current = []
+            else:
+                current.append(line)
+            previous_empty = line in (b"\n", b"\r\n")
+        yield current
+
+
+def mbox_messages(path: Path) -> Iterator[bytes]:
+    """Each message of an mbox file with one level of `>From ` quoting undone (mboxrd, mboxo)."""
+    for lines in _mbox_entries(path):
+        yield unquote_mbox(b"".join(lines))
+
+
+def mbox_count(path: Path) -> int:
+    return sum(1 for _ in _mbox_entries(path))
+
+
+# A file with one of these names is meant to be a message: one that does not parse as mail
+# is a failure. Any other file that is not mail (a README beside the .eml files) is skipped.
+MESSAGE_SUFFIXES = frozenset({".eml"})
+
+
 @dataclass
 class ImportFile:
     """A file to import: one .eml message, or an mbox holding `count` messages."""
@@ -776,17 +829,18 @@ class ImportFile:
     mbox: bool
     count: int
 
+    @property
+    def skipped_unless_mail(self) -> bool:
+        """Not mail is no failure here: a lone file whose name does not say it is a message."""
+        return not self.mbox and self.path.suffix.lower() not in MESSAGE_SUFFIXES
+
     def messages(self) -> Iterator[tuple[str, bytes]]:
         """(label for the summary, raw message) for each message, one in memory at a time."""
         if not self.mbox:
             yield str(self.path), self.path.read_bytes()
             return
-        box = mailbox.mbox(self.path, create=False)
-        try:
-            for number, key in enumerate(box.keys(), 1):
-                yield f"{self.path} #{number}", unquote_mbox(box.get_bytes(key))
-        finally:
-            box.close()
+        for number, raw in enumerate(mbox_messages(self.path), 1):
+            yield f"{self.path} #{number}", raw
 
 
 def find_import_files(paths: Iterable[Path]) -> tuple[list[ImportFile], list[tuple[str, str]]]:
@@ -805,11 +859,7 @@ def find_import_files(paths: Iterable[Path]) -> tuple[list[ImportFile], list[tup
         for file in files:
             try:
                 if is_mbox(file):
-                    box = mailbox.mbox(file, create=False)
-                    try:
-                        found.append(ImportFile(file, True, len(box)))
-                    finally:
-                        box.close()
+                    found.append(ImportFile(file, True, mbox_count(file)))
                 else:
                     found.append(ImportFile(file, False, 1))
             except OSError as error:

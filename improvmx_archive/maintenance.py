@@ -159,7 +159,7 @@ class Maintenance:
             self.archive.ensure_indexes()
         except PyMongoError as error:
             log.warning("indexes not confirmed yet (%s); spool replay waits for them "
-                        "(`flask create-indexes` shows why)", type(error).__name__)
+                        "(`improvmx-archive create-indexes` shows why)", type(error).__name__)
             return False
         return True
 

@@ -54,7 +54,7 @@ NOTIFICATIONS_PENDING = Gauge("improvmx_notifications_pending",
                               "Notifications not yet delivered (waiting or being retried).",
                               multiprocess_mode="mostrecent")
 NOTIFICATIONS_FAILED = Gauge("improvmx_notifications_failed",
-                             "Notifications given up after NOTIFY_MAX_HOURS (see `flask notify status`).",
+                             "Notifications given up after NOTIFY_MAX_HOURS (see `improvmx-archive notify status`).",
                              multiprocess_mode="mostrecent")
 RETENTION_LAST_RUN = Gauge("improvmx_retention_last_run_timestamp_seconds",
                            "When a retention pass last finished (Unix time, any host).",

@@ -327,7 +327,7 @@ class _Sender:
             return 0
         self.failures_in_a_row += 1
         if result == FAILED:
-            log.error("notification %s to %s failed for good after %d attempts (%s); `flask notify retry` "
+            log.error("notification %s to %s failed for good after %d attempts (%s); `improvmx-archive notify retry` "
                       "requeues it", item["_id"], self.receiver, item["attempts"], attempt.detail)
         else:
             log.warning("notification %s to %s: %s (attempt %d); retrying later", item["_id"], self.receiver,

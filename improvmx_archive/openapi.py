@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .listing import FILTER_PARAMETERS
 from .query import MAX_QUERY_LENGTH, MAX_TERMS, MAX_VALUE_LENGTH
 
 ERROR = {"$ref": "#/components/responses/Error"}
@@ -57,7 +58,8 @@ SEARCH_DESCRIPTION = (
     "message size). Values may be quoted: from:\"Acme Billing\". Example: "
     "q=from:acme invoi* has:attachment after:2026-03-01 -is:processed. "
     f"At most {MAX_TERMS} terms of {MAX_VALUE_LENGTH} characters; "
-    "an unknown operator, a bad date or size or an unclosed quote is a 400 naming it. q finds a message a "
+    "an unknown operator, a bad date or size or an unclosed quote is a 400 naming it, and so is a query "
+    "parameter this endpoint does not take (a typo such as form_email, or from_email[$ne]). q finds a message a "
     "few seconds after it was stored (it is indexed in the background); GET / shows the backlog."
 )
 
@@ -123,13 +125,13 @@ TRANSFER_PATHS = {
     "/export.mbox": {"get": {
         "summary": "Every matching message, oldest first, as one streamed mbox (mboxrd)",
         "description": "Takes the filters of GET /emails, q included (paging does not apply: everything "
-                       "matching is exported). LF line endings, `From <sender> <asctime UTC of received_at>` separators, "
+                       "matching is exported; any other parameter is a 400 naming it). LF line endings, `From <sender> <asctime UTC of received_at>` separators, "
                        "`>From ` quoting reversible (mboxrd). Streamed at constant memory; a client that "
                        "disconnects stops the export. A message that cannot be rebuilt is never left out in "
                        "silence: the mbox then ends with a marker message carrying X-Archive-Export-Incomplete "
                        "(the count) and listing each missing id with the reason.",
         "security": BEARER,
-        "parameters": [p for p in LIST_PARAMETERS if p["name"] not in ("limit", "skip", "cursor", "count")],
+        "parameters": [p for p in LIST_PARAMETERS if p["name"] in FILTER_PARAMETERS],
         "responses": {"200": {"description": "The mbox, streamed", "content": {"application/mbox": RAW_MESSAGE}},
                       **_error_responses(400, *AUTH_ERRORS)}}},
     "/import": {"post": {
@@ -176,7 +178,7 @@ AUDIT_PATHS = {
     "/audit": {"get": {
         "summary": "The audit trail, newest first (admins: everyone's; members: their own)",
         "description": "Every view, download, list, export, processed/hold change, delete, purge and import, and "
-                       "every refused access to a message, in a hash chain (`flask audit verify` checks it). "
+                       "every refused access to a message, in a hash chain (`improvmx-archive audit verify` checks it). "
                        "Pages go by `next` (pass it back as cursor with the same filters; a cursor altered, "
                        "or used with other filters or by another reader: 400). An unknown or bad parameter: 400 "
                        "naming it.",
@@ -287,7 +289,7 @@ def build_spec() -> dict[str, Any]:
                                                       "email": {"$ref": "#/components/schemas/EmailSummary"}}}}}},
                                       **_error_responses(*AUTH_ERRORS, 404)}},
                 "patch": {"summary": "Mark a message processed or not, put it on hold or release it",
-                          "description": "A message on hold is never deleted by retention or `flask purge`, "
+                          "description": "A message on hold is never deleted by retention or `improvmx-archive purge`, "
                                          "and DELETE refuses it (409) until it is released.",
                           "security": BEARER, "parameters": [EMAIL_ID],
                           "requestBody": {"required": True, "content": {"application/json": {"schema": {

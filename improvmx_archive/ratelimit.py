@@ -146,12 +146,33 @@ def _rate_limit_headers(response):
     return response
 
 
+class _NoClient:
+    """Stands in for a limits MongoDB client that was never made, so nothing makes one at exit."""
+
+    def close(self) -> None:
+        pass
+
+
 def _close_storage(storage) -> None:
     """Close the limits MongoDB client before interpreter shutdown: its __del__ would
-    otherwise open or close one while Python tears down, printing a traceback on exit."""
-    client = getattr(storage, "storage", None)
-    if hasattr(client, "close"):
+    otherwise open or close one while Python tears down, printing a traceback on exit.
+
+    limits' `storage` property creates the client on first access and builds its indexes,
+    which with the database down (a `flask` command) waits for server selection and raises;
+    its __del__ goes through that property. So a client that exists (`_storage`, limits 5.x)
+    is closed, and where none was made a stand-in takes its place.
+    """
+    state = vars(storage)
+    if "_storage" not in state:
+        return  # not the MongoDB storage (memory://, redis://): nothing of ours to close
+    client = state["_storage"]
+    if client is None:
+        storage._storage = _NoClient()
+        return
+    try:
         client.close()
+    except PyMongoError:
+        pass  # shutting down anyway: nothing left to tell anyone
 
 
 def register_rate_limits(app: Flask, settings: Settings) -> None:

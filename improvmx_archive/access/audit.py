@@ -393,12 +393,12 @@ class AuditTrail:
         for entry in self.entries.find({"_id": {"$gte": start, "$lt": keep_from}}).sort("_id", ASCENDING):
             if (entry["_id"] != expected or entry.get("hash") != entry_hash(entry)
                     or entry.get("prev") != expected_prev):
-                raise TrimRefused(f"entry {expected} does not verify; run `flask audit verify`")
+                raise TrimRefused(f"entry {expected} does not verify; run `improvmx-archive audit verify`")
             expected_prev, expected = entry["hash"], expected + 1
             if progress:
                 progress(1)
         if expected != keep_from:
-            raise TrimRefused(f"entry {expected} is missing; run `flask audit verify`")
+            raise TrimRefused(f"entry {expected} is missing; run `improvmx-archive audit verify`")
         try:
             self.state.update_one({"_id": FLOOR, "seq": {"$lt": keep_from}},
                                   {"$set": {"seq": keep_from, "prev": expected_prev,

@@ -61,7 +61,7 @@ def users_add_command(name: str, email: str, admin: bool):
     person = _run(team.add_person, team.CLI_ACTOR, name, email, admin=admin)
     click.echo(f"ok: added {person['name']} <{person['email']}> as {person['role']}")
     if person["role"] == MEMBER:
-        click.echo(f"next: flask users grant {name} ALIAS... (a member sees nothing until granted an alias)")
+        click.echo(f"next: improvmx-archive users grant {name} ALIAS... (a member sees nothing until granted an alias)")
 
 
 @users_cli.command("grant")
@@ -138,7 +138,7 @@ def users_list_command():
         if not key.get("revoked_at"):
             live[key["person_id"]] = live.get(key["person_id"], 0) + 1
     if not people:
-        click.echo("no people yet: add one with flask users add NAME --email ADDRESS")
+        click.echo("no people yet: add one with improvmx-archive users add NAME --email ADDRESS")
         return
     _table(["NAME", "EMAIL", "ROLE", "GRANTS", "DISABLED", "KEYS"],
            [[p["name"], p["email"], p.get("role", MEMBER), _grants(p), "yes" if p.get("disabled") else "no",
@@ -190,5 +190,5 @@ def keys_revoke_command(key_id: str):
     """Revoke a key by its id: it answers 401 from its next request on."""
     record = team.revoke_key(team.CLI_ACTOR, key_id)
     if record is None:
-        _fail(f"no key with id {key_id!r} (see flask keys list)")
+        _fail(f"no key with id {key_id!r} (see improvmx-archive keys list)")
     click.echo(f"ok: key {key_id} ({record['name']}) revoked")

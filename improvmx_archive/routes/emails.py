@@ -16,7 +16,7 @@ from ..access.authn import require_access
 from ..access.scoped import visible_archive
 from ..deletion import MessageOnHold
 from ..errors import ApiError
-from ..listing import parse_filters, parse_page
+from ..listing import LIST_PARAMETERS, parse_filters, parse_page, reject_unknown_parameters
 from ..parts import INLINE_DATA
 from ..ratelimit import configured_limit, limiter
 from ..times import api_time
@@ -64,6 +64,7 @@ def present(document: dict[str, Any]) -> dict[str, Any]:
 @require_access("read")
 @limiter.limit(configured_limit("RATELIMIT_LIST"))
 def list_emails():
+    reject_unknown_parameters(request.args, LIST_PARAMETERS)
     filters = parse_filters(request.args)
     wanted = parse_page(request.args)
     page = visible_archive().list_page(filters, wanted.cursor, wanted.limit, wanted.count, wanted.skip)

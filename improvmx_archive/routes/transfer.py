@@ -14,7 +14,7 @@ from ..db import DatabaseUnavailable
 from ..errors import ApiError
 from ..ratelimit import configured_limit, limiter
 from ..mailio import NotAMessage, Unrebuildable, import_raw
-from ..listing import parse_filters
+from ..listing import FILTER_PARAMETERS, parse_filters, reject_unknown_parameters
 from ..times import api_time
 from .emails import content_disposition
 
@@ -55,6 +55,7 @@ def _streamed_download(chunks, content_type: str, filename: str) -> Response:
 @require_access("read")
 @limiter.limit(configured_limit("RATELIMIT_DOWNLOAD"))
 def export_mbox():
+    reject_unknown_parameters(request.args, FILTER_PARAMETERS)
     chunks = visible_archive().mbox(parse_filters(request.args))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return _streamed_download(chunks, "application/mbox", f"archive-{stamp}.mbox")

@@ -182,7 +182,7 @@ def _not_oneself(name: str, what: str):
     """An admin does not disable or demote themselves from the UI (another admin, or
     `flask users` on the server, can): a slip of the mouse must not lock them out."""
     if g.principal.person_id is not None and name == g.principal.name:
-        return _people_page(400, f"You cannot {what} yourself here: ask another admin, or use flask users on the server.")
+        return _people_page(400, f"You cannot {what} yourself here: ask another admin, or use improvmx-archive users on the server.")
     return None
 
 

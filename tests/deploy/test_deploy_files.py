@@ -120,6 +120,12 @@ def test_shellcheck_passes_on_both_scripts():
     assert result.returncode == 0, result.stdout
 
 
+def test_shellcheck_passes_on_the_operator_command():
+    require_tools("shellcheck")
+    result = subprocess.run(["shellcheck", "improvmx-archive"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
 def test_unit_rates_ok_or_better_in_systemd_analyze_security():
     require_tools("systemd-analyze")
     result = subprocess.run(["systemd-analyze", "security", "--offline=true", str(REPO / "improvmx-webhook.service")],

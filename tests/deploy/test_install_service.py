@@ -20,10 +20,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import mongomock
 import pytest
 
 from devtools import processes
+from improvmx_archive import create_app
 from improvmx_archive.sample import payload_from_mime, sample_mime
+from tests import doc_commands
+from tests.conftest import make_settings
 from tests.deploy.helpers import request, require_tools, wait_until
 
 pytestmark = pytest.mark.slow
@@ -67,6 +71,10 @@ class Site:
         return self.root / "etc/systemd/system"
 
     @property
+    def bin_dir(self) -> Path:
+        return self.root / "usr/local/bin"
+
+    @property
     def state_dir(self) -> Path:
         return self.root / "var/lib/improvmx-webhook"
 
@@ -74,7 +82,8 @@ class Site:
         env = {key: value for key, value in os.environ.items() if not key.startswith("IMPROVMX_")}
         env.update(PATH=f"{self.root / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                    FAKE_SYSTEMD_ROOT=str(self.root))
-        common = ["--install-dir", str(self.install_dir), "--user", self.user, "--unit-dir", str(self.unit_dir)]
+        common = ["--install-dir", str(self.install_dir), "--user", self.user, "--unit-dir", str(self.unit_dir),
+                  "--bin-dir", str(self.bin_dir)]
         if script == "install_service.sh":
             common += ["--port", str(self.port)]
         else:
@@ -293,6 +302,33 @@ def test_a_configuration_that_fails_flask_check_is_not_installed(site):
     assert _changes(site.calls()[calls:]) == []
 
 
+def test_the_operator_command_runs_flask_as_the_service_with_its_settings(site, tmp_path):
+    """improvmx-archive, as root from any directory: the installed app, the installed .env
+    (its MONGO_DB), as the service user; a plain user is sent through sudo."""
+    command = site.bin_dir / "improvmx-archive"
+    info = command.stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o755)
+    database = re.search(r"^MONGO_DB=(.*)$", (site.install_dir / ".env").read_text(), re.M).group(1)
+    checked = subprocess.run([str(command), "check"], cwd="/", capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr
+    assert f"database {database!r}" in checked.stdout and "spool at /var/lib/improvmx-webhook/spool" in checked.stdout
+    listed = subprocess.run([str(command), "--help"], cwd="/", capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and "check" in listed.stdout and "import" in listed.stdout
+    assert f'--reuid="{site.user}"' in command.read_text()
+    if shutil.which("shellcheck"):
+        linted = subprocess.run(["shellcheck", "-s", "sh", str(command)], capture_output=True, text=True)
+        assert linted.returncode == 0, linted.stdout
+    assert site.api_key not in checked.stdout + checked.stderr
+    app = create_app(make_settings(tmp_path), mongo_client=mongomock.MongoClient(tz_aware=True))
+    for path in {doc_commands.command_path(app, c.args) for c in doc_commands.documented_commands()}:
+        helped = subprocess.run([str(command), *path, "--help"], cwd="/tmp", capture_output=True, text=True,
+                                timeout=60)
+        assert helped.returncode == 0 and "Usage:" in helped.stdout, (path, helped.stderr)
+    again = site.run("install_service.sh")
+    assert again.returncode == 0 and "operator command" in again.stdout
+    assert command.stat().st_mtime_ns == info.st_mtime_ns  # unchanged: not rewritten
+
+
 def test_uninstall_keeps_data_and_env_then_purge_removes_everything(site):
     spooled = site.state_dir / "spool" / "0123456789abcdef01234567.json"
     spooled.parent.mkdir(parents=True, exist_ok=True)
@@ -305,6 +341,7 @@ def test_uninstall_keeps_data_and_env_then_purge_removes_everything(site):
     assert not (site.unit_dir / UNIT).exists()
     assert not (site.unit_dir / "multi-user.target.wants" / UNIT).exists()
     assert sorted(p.name for p in site.install_dir.iterdir()) == [".env"]
+    assert not (site.bin_dir / "improvmx-archive").exists()
     assert spooled.exists() and _user_exists(site.user)
     for left in (f"{site.install_dir}/.env", f"{site.state_dir} (the spool: 1 message(s)", f"user {site.user}"):
         assert left in result.stdout

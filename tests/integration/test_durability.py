@@ -526,7 +526,10 @@ def test_durability_sigterm_lets_an_in_flight_upload_finish(deploy):
     wait_for_serving_worker(deployment)
 
     os.kill(deployment.web.proc.pid, signal.SIGTERM)
-    time.sleep(1)
+    deadline = time.monotonic() + 60  # the second half goes only once the shutdown has begun
+    while "Handling signal: term" not in deployment.log():
+        assert time.monotonic() < deadline, deployment.log()[-3000:]
+        time.sleep(0.05)
     assert upload.send(len(large.body) // 2)
     assert upload.status() == 200
     assert deployment.web.proc.wait(timeout=60) == 0

@@ -45,9 +45,10 @@ def test_small_bodies_never_wait_and_unknown_lengths_count_as_large(gate):
     for thread in holders:
         thread.start()
     assert entered.acquire(timeout=5) and entered.acquire(timeout=5)
-    started = time.monotonic()
+    # Both slots are held: a small body passes without even asking for one.
+    gate._acquire = lambda: pytest.fail("a small body asked for a slot")
     with gate.admit(100_000):
-        assert time.monotonic() - started < 0.1
+        pass
     release.set()
     for thread in holders:
         thread.join(5)
@@ -66,7 +67,9 @@ def test_slots_are_shared_with_other_processes_and_a_long_wait_goes_ahead(tmp_pa
         started = time.monotonic()
         with gate.admit(50 * MB):
             waited = time.monotonic() - started
-        assert 0.5 <= waited < 3
+        # At least the configured wait, and far less than the 30 s the other process holds
+        # both slots: it went ahead rather than waiting for them (a bound, not a timing).
+        assert 0.5 <= waited < 20
         assert "going ahead" in caplog.text
     finally:
         holder.kill()

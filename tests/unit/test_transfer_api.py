@@ -322,7 +322,7 @@ def test_import_command_reads_a_crlf_mboxrd_file(app, tmp_path):
 def test_docs_page_shows_the_transfer_routes_and_commands(client):
     page = client.get("/docs").get_data(as_text=True)
     assert "/emails/EMAIL_ID/raw" in page and "Content-Type: message/rfc822" in page
-    assert "flask --app app export --format mbox|eml" in page and "flask --app app import PATH..." in page
+    assert "improvmx-archive export --format mbox|eml" in page and "improvmx-archive import PATH..." in page
 
 
 def test_import_answers_503_while_mongodb_is_down(app, client, auth, monkeypatch):
