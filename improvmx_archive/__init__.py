@@ -6,6 +6,7 @@ import logging
 from datetime import timedelta
 
 from flask import Flask
+from flask.cli import AppGroup
 from flask_cors import CORS
 from pymongo.errors import PyMongoError
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -15,7 +16,6 @@ from .access.keys import Keys
 from .access.people import People
 from .admission import LargeBodyGate
 from .archive import Archive
-from .cli import register_commands
 from .config import Settings
 from .db import make_client
 from .errors import register_error_handlers
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None, *, mongo_client=None) -> Flask:
     """
     settings = settings or Settings.from_env()
     app = Flask(__name__)
+    app.cli = CommandsOnDemand(app)
     register_config(app, settings)
     register_request_log(app)
     register_metrics(app)
@@ -52,7 +53,6 @@ def create_app(settings: Settings | None = None, *, mongo_client=None) -> Flask:
     register_ui(app, settings)
     register_security(app)
     register_error_handlers(app)
-    register_commands(app)
     return app
 
 
@@ -104,3 +104,27 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
 def register_blueprints(app: Flask) -> None:
     for module in (health, webhook, emails, transfer, docs, metrics_routes):
         app.register_blueprint(module.bp)
+
+
+class CommandsOnDemand(AppGroup):
+    """`app.cli` that imports cli.py (and the import/export code it pulls in) when a `flask`
+    command is first looked up: a gunicorn worker, which never runs one, does not load it."""
+
+    def __init__(self, app: Flask):
+        super().__init__()
+        self._app, self._loaded = app, False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            from .cli import register_commands
+
+            register_commands(self._app)
+
+    def get_command(self, ctx, name):
+        self._load()
+        return super().get_command(ctx, name)
+
+    def list_commands(self, ctx):
+        self._load()
+        return super().list_commands(ctx)
