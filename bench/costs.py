@@ -38,11 +38,18 @@ from pathlib import Path
 
 import psutil
 
+from devtools.processes import ManagedProcess, gunicorn_serving
+
+from . import harness
 from .corpus import MB, Corpus
 from .harness import Bench, Client, environment_facts, proc_status, reset_peak, send_all, worker_pids
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SYSTEMS = ("ours", "naive", "original")
+# `--before TREE`: the archive as it was in another source tree (e.g. `git archive <commit>`),
+# measured in the same run as a fourth system, so before and after share machine and load.
+BEFORE = "before"
+harness.APP_SPECS.setdefault(BEFORE, "app:app")
 CLASSES = ("small", "attach")
 TICK = os.sysconf("SC_CLK_TCK")
 QUIET_WINDOW = 3.0  # longer than the archive's 2 s indexing poll, so a window always holds one
@@ -103,10 +110,28 @@ def settle(sides: Sides, idle: tuple[float, float], limit: float = SETTLE_LIMIT)
     return -1.0
 
 
+class CostBench(Bench):
+    """Bench whose `before` system is the archive served from another source tree."""
+
+    before_tree: Path | None = None
+
+    def start(self, system: str, figure: str, workers: int | None = None, **env: str) -> ManagedProcess:
+        if system != BEFORE:
+            return super().start(system, figure, workers, **env)
+        server = gunicorn_serving(harness.APP_SPECS[BEFORE], self.env(system, figure, **env),
+                                  log_path=self.workdir / "logs" / f"{figure}-{system}.log",
+                                  extra_args=self.gunicorn_args(workers) + ["--chdir", str(self.before_tree)])
+        server.start(timeout=60)
+        self.servers.append(server)
+        harness._wait_ready(server)
+        return server
+
+
 def measure_cpu(bench: Bench, system: str, bodies: list[bytes], warmups: list[bytes],
                 concurrency: int, workers: int | None) -> dict:
     bench.reset()  # a fresh SecantusDB for every system, class and round
-    extra = {"BACKGROUND_TASKS": "true"} if system == "ours" else {}
+    # The archive indexes new mail for search in its workers' background thread: measured too.
+    extra = {"BACKGROUND_TASKS": "true"} if system in ("ours", BEFORE) else {}
     with bench.running((system,), "cpu", workers=workers, **extra) as servers:
         server = servers[system]
         warm = send_all(server.port, warmups, concurrency)
@@ -140,7 +165,7 @@ def cpu_figure(bench: Bench, corpus: Corpus, args, log) -> dict:
     sets = {kind: corpus.messages(f"cpu-{kind}", kind, counts[kind]).bodies() for kind in CLASSES}
     warm = {kind: corpus.messages(f"cpu-warm-{kind}", kind, args.warmup).bodies() for kind in CLASSES}
     rounds: list[dict] = []
-    systems = [s for s in SYSTEMS if s in args.systems]
+    systems = [s for s in (*SYSTEMS, BEFORE) if s in args.systems]
     for rnd in range(args.rounds):
         order = systems[rnd % len(systems):] + systems[:rnd % len(systems)]
         for kind in CLASSES:
@@ -182,8 +207,8 @@ def smaps(pid: int) -> dict[str, int]:
 def memory_figure(bench: Bench, corpus: Corpus, args, log) -> dict:
     raw = int(args.large_mb * MB * 3 / 4 * 76 / 77)  # base64 in 76-column lines: JSON ~= payload
     large = corpus.messages(f"costs-{args.large_mb}mb", "single", args.memory_rounds, size=raw).bodies()
-    small = corpus.messages("costs-memory-warm", "small", args.memory_rounds * len(SYSTEMS) * 2).bodies()
-    systems = [s for s in SYSTEMS if s in args.systems]
+    systems = [s for s in (*SYSTEMS, BEFORE) if s in args.systems]
+    small = corpus.messages("costs-memory-warm", "small", args.memory_rounds * len(systems) * 2).bodies()
     rows: list[dict] = []
     for rnd in range(args.memory_rounds):
         order = systems[rnd % len(systems):] + systems[:rnd % len(systems)]
@@ -195,7 +220,7 @@ def memory_figure(bench: Bench, corpus: Corpus, args, log) -> dict:
                 pid = worker_pids(server)[0]
                 booted = smaps(pid)
                 client = Client(server.port)
-                client.request("POST", "/webhook", small[(rnd * len(SYSTEMS) + position) * 2])
+                client.request("POST", "/webhook", small[(rnd * len(systems) + position) * 2])
                 idle = smaps(pid)
                 reset = reset_peak(pid)
                 reply = client.request("POST", "/webhook", large[rnd])
@@ -204,7 +229,7 @@ def memory_figure(bench: Bench, corpus: Corpus, args, log) -> dict:
             # The default number of workers: what each one and all of them hold when idle.
             with bench.running((system,), "memory", workers=args.workers) as servers:
                 server = servers[system]
-                send_all(server.port, [small[(rnd * len(SYSTEMS) + position) * 2 + 1]] * 1, 1)
+                send_all(server.port, [small[(rnd * len(systems) + position) * 2 + 1]] * 1, 1)
                 pids = worker_pids(server)
                 each = [smaps(p) for p in pids]
                 master = smaps(server.proc.pid)
@@ -310,7 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, help="gunicorn workers (default: gunicorn.conf.py)")
     parser.add_argument("--memory-rounds", type=int, default=3)
     parser.add_argument("--large-mb", type=int, default=12, help="size of the large message (JSON MiB)")
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help=f"any of {', '.join(SYSTEMS)} and {BEFORE} (with --before)")
+    parser.add_argument("--before", type=Path, metavar="TREE",
+                        help="source tree of the archive to measure as the 'before' system, e.g. from "
+                             "`git archive <commit> | tar -x -C TREE`")
     parser.add_argument("--only", default="cpu,memory", help="cpu, memory or both")
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -320,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         print(render(json.loads(args.report.read_text())))
         return 0
     args.systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
+    if args.before and BEFORE not in args.systems:
+        args.systems += (BEFORE,)
+    if BEFORE in args.systems and not args.before:
+        parser.error("the 'before' system needs --before TREE")
     selected = {s.strip() for s in args.only.split(",")}
     args.out.mkdir(parents=True, exist_ok=True)
     corpus = Corpus(args.out / "corpus", args.seed)
@@ -329,10 +362,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.time() - started:7.1f}s] {text}", flush=True)
 
     result: dict = {"started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-                    "args": {k: v for k, v in vars(args).items() if k not in ("out", "report")},
+                    "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                             if k not in ("out", "report")},
                     "load_start": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="bench-costs-") as workdir:
-        bench = Bench(Path(workdir), workers=args.workers, db_prefix="costs")
+        bench = CostBench(Path(workdir), workers=args.workers, db_prefix="costs")
+        bench.before_tree = args.before.resolve() if args.before else None
         try:
             bench.start_database()
             result["environment"] = environment_facts(bench.mongo_uri)
