@@ -204,6 +204,27 @@ def smaps(pid: int) -> dict[str, int]:
             "uss": values.get("Private_Clean", 0) + values.get("Private_Dirty", 0)}
 
 
+def booted_workers(server: ManagedProcess, expected: int, timeout: float = 60.0) -> list[int]:
+    """The worker pids once all `expected` workers have loaded the app (_wait_ready returns
+    when the first answers): each holds clearly more than the master and has stopped growing."""
+    deadline = time.monotonic() + timeout
+    previous: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        master = smaps(server.proc.pid)["rss"]
+        current = {pid: smaps(pid)["rss"] for pid in worker_pids(server)}
+        if len(current) == expected and all(rss > master + 4 * MB and abs(rss - previous.get(pid, 0)) < MB // 4
+                                            for pid, rss in current.items()):
+            return list(current)
+        previous = current
+        time.sleep(0.5)
+    raise RuntimeError(f"{server.name}: not all {expected} workers booted within {timeout:.0f} s")
+
+
+def default_workers() -> int:
+    """What gunicorn.conf.py starts without WEB_CONCURRENCY: 2 x cores + 1."""
+    return 2 * len(os.sched_getaffinity(0)) + 1
+
+
 def memory_figure(bench: Bench, corpus: Corpus, args, log) -> dict:
     raw = int(args.large_mb * MB * 3 / 4 * 76 / 77)  # base64 in 76-column lines: JSON ~= payload
     large = corpus.messages(f"costs-{args.large_mb}mb", "single", args.memory_rounds, size=raw).bodies()
@@ -229,8 +250,8 @@ def memory_figure(bench: Bench, corpus: Corpus, args, log) -> dict:
             # The default number of workers: what each one and all of them hold when idle.
             with bench.running((system,), "memory", workers=args.workers) as servers:
                 server = servers[system]
-                send_all(server.port, [small[(rnd * len(systems) + position) * 2 + 1]] * 1, 1)
-                pids = worker_pids(server)
+                pids = booted_workers(server, args.workers or default_workers())
+                send_all(server.port, [small[(rnd * len(systems) + position) * 2 + 1]], 1)
                 each = [smaps(p) for p in pids]
                 master = smaps(server.proc.pid)
             row = {"round": rnd, "system": system, "payload": len(large[rnd]), "peak_reset": reset,
