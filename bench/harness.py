@@ -29,6 +29,7 @@ APP_SPECS = {
     "ours": "app:app",
     "naive": "bench.naive_app:create_naive_app()",
     "ceiling": "bench.naive_app:create_ceiling_app()",
+    "original": "bench.original_app:app",
 }
 # Only when the repo has no gunicorn.conf.py yet: a plain sync gunicorn that lets a 50 MB
 # upload finish on a slow machine.

@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workload", choices=WORKLOADS)
-    parser.add_argument("--system", default="ours", choices=("ours", "naive", "ceiling"))
+    parser.add_argument("--system", default="ours", choices=("ours", "naive", "original", "ceiling"))
+    parser.add_argument("--cpu-only", action="store_true",
+                        help="sample the worker's CPU only (no idle stacks): where its CPU per message goes")
     parser.add_argument("--count", type=int, default=30, help="messages to send (ingest workloads)")
     parser.add_argument("--size", type=int, default=20_000, help="messages stored (list workload)")
     parser.add_argument("--seed", type=int, default=6)
@@ -125,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                 kind = args.workload.split("-", 1)[1]
                 bodies = corpus.messages(f"profile-{kind}", kind, args.count).bodies()
                 send_all(server.port, corpus.messages("warmup", "small", 4).bodies(), 1)
-            spies = [(_py_spy(worker, args.out / f"{tag}-worker.raw", idle=True), "worker", "full_dispatch_request")]
+            spies = [(_py_spy(worker, args.out / f"{tag}-worker.raw", idle=not args.cpu_only), "worker",
+                      None if args.cpu_only else "full_dispatch_request")]
             if bench.database is not None:
                 spies.append((_py_spy(bench.database.proc.pid, args.out / f"{tag}-db.raw", idle=False), "db", None))
             started = time.perf_counter()

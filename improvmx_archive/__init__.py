@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import click
 from flask import Flask
+from flask.cli import AppGroup
 from flask_cors import CORS
 from pymongo.errors import PyMongoError
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -17,7 +18,6 @@ from .access.keys import Keys
 from .access.people import People
 from .admission import LargeBodyGate
 from .archive import Archive
-from .cli import register_commands
 from .config import Settings
 from .db import make_client
 from .errors import register_error_handlers
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None, *, mongo_client=None) -> Flask:
     """
     settings = settings or Settings.from_env()
     app = Flask(__name__)
+    app.cli = CommandsOnDemand(app)
     register_config(app, settings)
     register_request_log(app)
     register_metrics(app)
@@ -55,7 +56,6 @@ def create_app(settings: Settings | None = None, *, mongo_client=None) -> Flask:
     register_ui(app, settings)
     register_security(app)
     register_error_handlers(app)
-    register_commands(app)
     return app
 
 
@@ -114,3 +114,27 @@ def register_blueprints(app: Flask) -> None:
     for module in (health, webhook, emails, transfer, docs, metrics_routes):
         app.register_blueprint(module.bp)
     app.register_blueprint(audit_routes.bp)
+
+
+class CommandsOnDemand(AppGroup):
+    """`app.cli` that imports cli.py (and the import/export code it pulls in) when a `flask`
+    command is first looked up: a gunicorn worker, which never runs one, does not load it."""
+
+    def __init__(self, app: Flask):
+        super().__init__()
+        self._app, self._loaded = app, False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            from .cli import register_commands
+
+            register_commands(self._app)
+
+    def get_command(self, ctx, name):
+        self._load()
+        return super().get_command(ctx, name)
+
+    def list_commands(self, ctx):
+        self._load()
+        return super().list_commands(ctx)

@@ -28,8 +28,8 @@ from functools import partial
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
-from pymongo import ASCENDING
-from pymongo.errors import BulkWriteError, WriteError
+from pymongo import ASCENDING, UpdateOne
+from pymongo.errors import BulkWriteError
 
 from .payload import parse_address_list
 from .tokens import LONG_SUBJECT, message_id_token, subject_index_terms, words
@@ -208,23 +208,33 @@ class SearchIndexer:
                 prepared.append((document, None, type(error).__name__))
         # Vocabulary first: a word is never findable by prefix later than by itself.
         self.vocabulary.add(token for _, fields, _ in prepared if fields for token in fields["tokens"])
-        return sum(self._write(document, fields, reason) for document, fields, reason in prepared)
+        indexable = [(document, fields) for document, fields, _ in prepared if fields is not None]
+        written, refused = self._write_all(indexable)
+        refused += [(document, reason) for document, fields, reason in prepared if fields is None]
+        return written + sum(self._set_aside(document, reason) for document, reason in refused)
 
-    def _write(self, document: dict[str, Any], fields: dict | None, reason: str) -> int:
-        """One update per message, by _id alone (the marker is only ever set at insert, and
-        SecantusDB looks up nothing but a bare _id without a collection scan); its index
-        entries, not the round trip, are the cost."""
-        condition = {"_id": document["_id"]}
-        if fields is not None:
-            try:
-                change = {"$set": fields, "$unset": {PENDING: "", "search_error": ""}}
-                return self.emails.update_one(condition, change).matched_count
-            except WriteError as error:
-                reason = f"write error {error.code}"
+    def _write_all(self, indexable: list[tuple[dict, dict]]) -> tuple[int, list[tuple[dict, str]]]:
+        """Every message's search fields in one unordered bulk write (by _id alone: the marker
+        is only ever set at insert, and SecantusDB looks up nothing but a bare _id without a
+        collection scan). One round trip per batch instead of per message: the worker's and
+        the database's per-command costs were most of indexing a small message. Returns how
+        many matched and the messages the database refused, with the reason."""
+        if not indexable:
+            return 0, []
+        updates = [UpdateOne({"_id": document["_id"]}, {"$set": fields, "$unset": {PENDING: "", "search_error": ""}})
+                   for document, fields in indexable]
+        try:
+            return self.emails.bulk_write(updates, ordered=False).matched_count, []
+        except BulkWriteError as error:
+            failures = error.details.get("writeErrors", [])
+            refused = [(indexable[f["index"]][0], f"write error {f.get('code')}") for f in failures]
+            return error.details.get("nMatched", 0), refused
+
+    def _set_aside(self, document: dict[str, Any], reason: str) -> int:
         log.error("message %s cannot be indexed for search (%s); q will not find it until `improvmx-archive reindex`",
                   document["_id"], reason)
-        return self.emails.update_one(condition, {"$set": {"search_error": reason},
-                                                  "$unset": {PENDING: ""}}).matched_count
+        return self.emails.update_one({"_id": document["_id"]}, {"$set": {"search_error": reason},
+                                                                 "$unset": {PENDING: ""}}).matched_count
 
     def index_pending(self, should_stop: Callable[[], bool] = lambda: False) -> int:
         """Index pending messages a batch at a time until none is left or should_stop()."""

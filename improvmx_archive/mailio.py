@@ -38,7 +38,6 @@ from pymongo.errors import PyMongoError
 from .archive import IngestResult, index_hint
 from .db import DatabaseUnavailable
 from .payload import parse_address_list
-from .sample import payload_from_mime
 from .times import as_utc
 
 log = logging.getLogger(__name__)
@@ -745,6 +744,8 @@ def parse_raw_message(raw: bytes) -> ParsedImport:
     names = {name.lower() for name in headers.keys()}
     if not names.intersection(MESSAGE_HEADERS):
         raise NotAMessage("not an RFC 5322 message: none of From, To, Date, Subject, Message-ID or Received")
+    from .sample import payload_from_mime  # mailparse: loaded by the first import, not by every worker
+
     try:
         payload = payload_from_mime(raw)
     except Exception as error:  # mailparse raises whatever its parsing of hostile MIME hits

@@ -31,16 +31,18 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import requests
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from . import metrics
 from .db import DURABLE, NOTIFY_PENDING_FIELD, OUTBOX
 from .times import api_time, as_utc
+
+if TYPE_CHECKING:  # requests (~5 MiB) is imported by the sender threads, not by every worker
+    import requests
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +219,8 @@ class Outbox:
 
 def deliver(session: requests.Session, url: str, secret: str, item: dict[str, Any]) -> Attempt:
     """One POST; redirects are not followed (a 3xx is a failed attempt, never a new host)."""
+    import requests
+
     body = bytes(item["body"])
     headers = {
         "Content-Type": "application/json",
@@ -301,6 +305,8 @@ class _Sender:
         self.url = url
         self.url_id = receiver_id(url)
         self.receiver = masked(url)
+        import requests  # here, not at module level: only a worker that notifies pays for it
+
         self.session = requests.Session()
         self.session.trust_env = False  # no proxy or .netrc credentials from the environment
         self.failures_in_a_row = 0

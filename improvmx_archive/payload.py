@@ -190,8 +190,14 @@ def rebuild(value: Any, key: Callable[[str], str] = str, leaf: Callable[[Any], A
     return leaf(value)
 
 
+_NEEDS_ESCAPE = re.compile(r"^\$|[%.\x00]")
+
+
 def _escape_key(name: Any) -> str:
-    escaped = "".join(_KEY_ESCAPES.get(ch, ch) for ch in str(name))
+    name = str(name)
+    if not _NEEDS_ESCAPE.search(name):  # nearly every key: no copy character by character
+        return name
+    escaped = "".join(_KEY_ESCAPES.get(ch, ch) for ch in name)
     return "%24" + escaped[1:] if escaped.startswith("$") else escaped
 
 

@@ -263,3 +263,26 @@ def test_cursor_pages_keep_the_date_bounds(app, client, auth, corpus):
     pages = _walk(client, auth, limit=1, since="2021-01-01", q="-before:2021-01-01")
     assert pages == [corpus[n] for n in ("newsletter", "cjk", "cyrillic", "resume")]
     assert _walk(client, auth, limit=2, until="2021-01-01") == [corpus["invoice"]]
+
+
+def test_a_batch_is_written_in_one_round_trip_and_a_refused_message_is_set_aside(app, monkeypatch, caplog):
+    """The pass writes a batch's fields with one bulk_write; a message the database refuses
+    (here: a unique index the second one's fields violate) is set aside, the rest indexed."""
+    archive = app.extensions["archive"]
+    emails = app.extensions["database"].emails
+    first = archive.ingest({"subject": "same words", "text": "a"}).email_id
+    second = archive.ingest({"subject": "same words", "text": "b"}).email_id
+    third = archive.ingest({"subject": "other words", "text": "c"}).email_id
+    emails.create_index("search.s", unique=True, sparse=True)  # the subject words
+    bulk_calls, update_calls = [], []
+    real_bulk, real_update = emails.bulk_write, emails.update_one
+    monkeypatch.setattr(type(emails), "bulk_write", lambda self, ops, **kw: bulk_calls.append(len(ops)) or real_bulk(ops, **kw))
+    monkeypatch.setattr(type(emails), "update_one", lambda self, *a, **kw: update_calls.append(a) or real_update(*a, **kw))
+    assert SearchIndexer(archive).index_pending() == 3
+    assert bulk_calls == [3]
+    assert len(update_calls) == 1  # only the refused message costs a round trip of its own
+    assert "tokens" in emails.find_one({"_id": ObjectId(first)})
+    assert "tokens" in emails.find_one({"_id": ObjectId(third)})
+    assert emails.find_one({"_id": ObjectId(second)})["search_error"] == "write error 11000"
+    assert backlog(app.extensions["database"]).pending == 0
+    assert f"message {second} cannot be indexed" in caplog.text
