@@ -28,7 +28,7 @@ from ..security import csp_message_frame
 from .auth import safe_next
 from .blueprint import bp, principal_of, signed_in
 from .inbox import PAGE_SIZE, list_args, list_page
-from .sanitize import clean_html
+from ..sanitize import clean_html
 from .verdicts import verdicts
 
 TABS = ("html", "text", "headers", "source")
