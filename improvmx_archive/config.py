@@ -322,6 +322,7 @@ class SendingSettings:
     retry_seconds: float = 60.0
     max_hours: float = 48.0
     max_bytes: int = 20 * MB
+    lease_seconds: float = 600.0  # a sender silent this long is taken for dead (outbound/outbox.py)
 
     @property
     def enabled(self) -> bool:
@@ -402,4 +403,5 @@ def _sending(env: dict[str, str]) -> SendingSettings:
         retry_seconds=_number(env, "SEND_RETRY_SECONDS", 60, 1),
         max_hours=_number(env, "SEND_MAX_HOURS", 48, 0.01),
         max_bytes=int(_number(env, "SEND_MAX_MB", 20, 0.01) * MB),
+        lease_seconds=_number(env, "SEND_LEASE_SECONDS", 600, 1),
     )

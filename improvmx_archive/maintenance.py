@@ -25,9 +25,11 @@ from bson import ObjectId
 from flask import Flask
 from pymongo.errors import PyMongoError
 
+from . import threads
 from .indexer import SearchIndexer
 from .lease import Lease
 from .notify import Notifier
+from .outbound.sender import Sender
 from .retention import Retention
 
 log = logging.getLogger(__name__)
@@ -169,6 +171,9 @@ class Maintenance:
         tagged = self.archive.migrate_audience()
         if tagged:
             log.info("gave %d older message(s) their audience tags (the visibility rule)", tagged)
+        linked = threads.backfill(self.archive.emails)
+        if linked:
+            log.info("gave %d older message(s) their thread_refs (conversations)", linked)
         self._blob_refs_migrated = True
 
     def index_search(self) -> None:
@@ -249,4 +254,8 @@ def start_background_tasks(app: Flask) -> Maintenance | None:
         notifier = Notifier(app.extensions["outbox"], settings.notify_secret)
         notifier.start()
         app.extensions["notifier"] = notifier
+    if settings.sending.enabled:
+        sender = Sender(archive, app.extensions["send_outbox"], settings.sending)
+        sender.start()
+        app.extensions["sender"] = sender
     return maintenance
