@@ -30,6 +30,7 @@ from pymongo.errors import (
 
 from . import blobrefs
 from . import audience
+from . import threads
 from .audience import UNRESTRICTED
 from .db import ACKNOWLEDGED, DURABLE, DatabaseUnavailable, create_indexes
 from .deletion import Deleter
@@ -438,6 +439,10 @@ class Archive:
     def migrate_blob_refs(self, progress=None) -> int:
         """Give documents stored before `blob_ids` existed their array; returns how many."""
         return blobrefs.backfill(self.emails, progress)
+
+    def migrate_threads(self, progress=None) -> int:
+        """Give documents stored before `thread_refs` existed their conversation links."""
+        return threads.backfill(self.emails, progress)
 
     def migrate_audience(self, progress=None) -> int:
         """Give documents stored before `audience` existed their tags; returns how many."""

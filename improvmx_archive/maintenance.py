@@ -25,7 +25,6 @@ from bson import ObjectId
 from flask import Flask
 from pymongo.errors import PyMongoError
 
-from . import threads
 from .indexer import SearchIndexer
 from .lease import Lease
 from .notify import Notifier
@@ -171,7 +170,7 @@ class Maintenance:
         tagged = self.archive.migrate_audience()
         if tagged:
             log.info("gave %d older message(s) their audience tags (the visibility rule)", tagged)
-        linked = threads.backfill(self.archive.emails)
+        linked = self.archive.migrate_threads()
         if linked:
             log.info("gave %d older message(s) their thread_refs (conversations)", linked)
         self._blob_refs_migrated = True
