@@ -20,6 +20,8 @@ Only POST /outbox/<id>/retry (a person) moves failed or unknown back to queued.
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -61,6 +63,11 @@ class LeaseLost(Exception):
 
 class QuotaReached(Exception):
     """SEND_DAILY_LIMIT sends were already queued this UTC day."""
+
+
+def holder() -> str:
+    """Which process holds a lease (host:pid), for operators and `flask outbox status`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def utc_day(moment: datetime) -> str:
@@ -143,7 +150,8 @@ class SendOutbox:
         return self.sends.find_one_and_update(
             {"status": {"$in": [QUEUED, RETRYING]}, "next_attempt_at": {"$lte": now}},
             {"$set": {"status": SENDING, "phase": CONNECTING, "lease_until": now + self.lease,
-                      "claim": uuid.uuid4().hex, "last_attempt_at": now}, "$inc": {"attempts": 1}},
+                      "claim": uuid.uuid4().hex, "holder": holder(), "last_attempt_at": now},
+             "$inc": {"attempts": 1}},
             sort=[("next_attempt_at", ASCENDING)], return_document=ReturnDocument.AFTER)
 
     def mark_body(self, item: dict[str, Any]) -> None:
