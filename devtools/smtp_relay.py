@@ -110,7 +110,7 @@ class _Handler:
 def _authenticator(server, session, envelope, mechanism, auth_data):
     ok = isinstance(auth_data, LoginPassword) and auth_data.login.decode() == USERNAME \
         and auth_data.password.decode() == PASSWORD
-    return AuthResult(success=ok, auth_data=auth_data if ok else None)
+    return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
 
 class Relay:

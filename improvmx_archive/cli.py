@@ -25,6 +25,7 @@ from .listing import parse_filters
 from .mailio import NotAMessage, MessageSource, eml_filename, find_import_files, import_raw, mbox_entry, oldest_first
 from .maintenance import collect_orphans
 from .notify import masked
+from .outbound.cli import COMMANDS as OUTBOUND_COMMANDS, EXIT_SMTP_FAILED, check_sending_line
 from .sample import payload_from_mime, sample_mime
 
 spool_cli = AppGroup("spool", help="Inspect and replay messages spooled during a MongoDB outage.")
@@ -37,7 +38,8 @@ SPOOL_LISTED = 20
 @click.command("check")
 @with_appcontext
 def check_command():
-    """Configuration valid (it loaded) and MongoDB reachable; exit 0, or 3 if MongoDB is not."""
+    """Configuration valid (it loaded) and MongoDB reachable; exit 0, or 3 if MongoDB is not;
+    when sending is configured, the relay too (TLS, certificate, login): 4 if it fails."""
     settings = current_app.config["SETTINGS"]
     if not ping(current_app.extensions["mongo_client"]):
         click.echo(f"error: MongoDB is not reachable within {settings.mongo_timeout_ms} ms "
@@ -45,6 +47,10 @@ def check_command():
         sys.exit(EXIT_DATABASE_UNREACHABLE)
     click.echo(f"ok: configuration valid, MongoDB reachable, database {settings.mongo_db!r}, "
                f"{len(settings.api_keys)} API key(s), spool at {settings.spool_dir}")
+    sending_ok, sending_line = check_sending_line()
+    click.echo(sending_line, err=not sending_ok)
+    if not sending_ok:
+        sys.exit(EXIT_SMTP_FAILED)
 
 
 @click.command("create-indexes")
@@ -425,4 +431,6 @@ def purge_command(before: datetime | None, q: str | None, dry_run: bool, yes: bo
 def register_commands(app: Flask) -> None:
     for command in (check_command, create_indexes_command, reindex_command, send_sample_command, gc_blobs_command,
                     spool_cli, notify_cli, export_command, import_command, purge_command):
+        app.cli.add_command(command)
+    for command in OUTBOUND_COMMANDS:
         app.cli.add_command(command)

@@ -308,3 +308,60 @@ def test_an_untrusted_certificate_is_never_accepted(starttls_relay, make_secantu
     item = outbox_item(client, send_id)
     assert item["status"] == "retrying" and "certificate" in item["last_reply"]
     assert starttls_relay.deliveries == []
+
+
+def test_cli_check_send_test_and_outbox_commands(starttls_relay, make_sending_app, make_secantus_app, certificates):
+    app = make_sending_app(starttls_relay)
+    runner = app.test_cli_runner()
+    checked = runner.invoke(args=["check"])
+    assert checked.exit_code == 0, checked.output
+    assert "certificate verified, login ok" in checked.output
+    tested = runner.invoke(args=["send-test", "--to", "owner@example.net"])
+    assert tested.exit_code == 0, tested.output
+    [delivery] = starttls_relay.wait_for(1)
+    assert delivery.rcpt_tos == ["owner@example.net"] and delivery.mail_from == "support@example.com"
+
+    starttls_relay.behaviour.data_replies = ["550 5.7.1 no"]
+    send_id = app.test_client().post("/send", headers=AUTH, json={
+        "from": "support@example.com", "to": "x@example.net", "subject": "S", "text": "T"}).json["send_id"]
+    sender_of(app).step()
+    status = runner.invoke(args=["outbox", "status"])
+    assert "1 failed" in status.output and send_id in status.output and "550 5.7.1 no" in status.output
+    assert runner.invoke(args=["outbox", "cancel", send_id]).exit_code == 1
+    assert runner.invoke(args=["outbox", "retry", send_id]).exit_code == 0
+    sender_of(app).step()
+    assert outbox_item(app.test_client(), send_id)["status"] == "sent"
+
+    wrong = sending_env(starttls_relay, certificates, SMTP_PASSWORD="wrong-password-1")
+    failing = make_secantus_app(**wrong).test_cli_runner().invoke(args=["check"])
+    assert failing.exit_code == 4 and "login refused" in failing.output
+    assert "wrong-password-1" not in failing.output
+
+
+def test_mongodb_down_while_queuing_answers_503_and_queues_nothing(tmp_path, make_app, certificates, starttls_relay):
+    from pymongo import MongoClient
+
+    from devtools import processes
+    from tests.conftest import make_settings
+    from improvmx_archive import create_app
+
+    server = processes.secantus(tmp_path / "db").start()
+    try:
+        uri = processes.mongo_uri(server.port)
+        env = sending_env(starttls_relay, certificates, MONGO_URI=uri, MONGO_DB="down", MONGO_TIMEOUT_MS="800")
+        client = MongoClient(uri, serverSelectionTimeoutMS=800, tz_aware=True)
+        app = create_app(make_settings(tmp_path, **env), mongo_client=client)
+        http = app.test_client()
+        body = {"from": "support@example.com", "to": "x@example.net", "subject": "S", "text": "T"}
+        assert http.post("/send", headers=AUTH, json=body).status_code == 202
+        server.stop()
+        refused = http.post("/send", headers=AUTH, json=body)
+        assert refused.status_code == 503 and "nothing was queued" in refused.json["error"]
+        assert refused.headers["Retry-After"] == "30"
+        server = processes.secantus(tmp_path / "db", port=server.port).start()
+        outbox = app.extensions["send_outbox"]
+        assert outbox.sends.count_documents({}) == 1
+        assert outbox.used_today() == 1
+        assert http.post("/send", headers=AUTH, json=body).status_code == 202
+    finally:
+        server.stop()
