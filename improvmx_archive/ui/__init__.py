@@ -16,6 +16,7 @@ from flask.sessions import SecureCookieSessionInterface
 
 from ..config import Settings
 from . import auth, inbox, message, overview  # noqa: F401  (their routes join the blueprint)
+from . import compose  # noqa: F401  (reply, forward, compose and outbox pages)
 from .blueprint import bp, csrf
 from .formatting import FILTERS
 from .inbox import list_url
