@@ -8,6 +8,7 @@ state it produces; the gunicorn tests (test_sending_gunicorn.py) run it for real
 from __future__ import annotations
 
 import email
+import json
 import time
 from email import policy
 
@@ -365,3 +366,16 @@ def test_mongodb_down_while_queuing_answers_503_and_queues_nothing(tmp_path, mak
         assert http.post("/send", headers=AUTH, json=body).status_code == 202
     finally:
         server.stop()
+
+
+def test_a_refused_login_fails_the_send_and_shows_why_without_the_password(starttls_relay, make_secantus_app,
+                                                                          certificates):
+    app = make_secantus_app(**sending_env(starttls_relay, certificates, SMTP_PASSWORD="not-the-password"))
+    client = app.test_client()
+    send_id = client.post("/send", headers=AUTH, json={"from": "support@example.com", "to": "x@example.net",
+                                                       "subject": "S", "text": "T"}).json["send_id"]
+    sender_of(app).step()
+    item = outbox_item(client, send_id)
+    assert item["status"] == "failed" and item["last_reply"].startswith("login refused: 535")
+    assert "not-the-password" not in json.dumps(item)
+    assert starttls_relay.deliveries == []

@@ -216,3 +216,28 @@ def test_the_built_message_is_what_the_draft_says():
     assert message["Bcc"] is None and b"hidden" not in built.raw
     assert built.recipients == ["bob@example.net", "hidden@example.net"]
     assert message["Message-ID"] == built.message_id
+
+
+def test_any_family_falls_back_to_ipv4_and_ipv6_only_does_not():
+    import socket
+
+    from improvmx_archive.outbound.smtp import connect_socket
+
+    listener = socket.socket(socket.AF_INET)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    try:
+        connected = connect_socket("localhost", port, "any", 1.0, 5.0)
+        assert connected.family == socket.AF_INET
+        connected.close()
+        with pytest.raises(OSError):
+            connect_socket("127.0.0.1", port, "ipv6", 1.0, 5.0)
+    finally:
+        listener.close()
+
+
+def test_passwords_stay_out_of_settings_repr(tmp_path):
+    from tests.conftest import make_settings
+    settings = make_settings(tmp_path, **SENDING)
+    assert "relay-password-123" not in repr(settings)
