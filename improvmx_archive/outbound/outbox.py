@@ -53,6 +53,7 @@ INDEXES = [
     IndexModel([("status", ASCENDING), ("lease_until", ASCENDING)], name="leases"),
     IndexModel([("person_id", ASCENDING), ("created_at", DESCENDING)], name="by_person"),
     IndexModel([("created_at", DESCENDING)], name="newest_first"),
+    IndexModel([("copy_pending", ASCENDING)], name="copy_pending", sparse=True),
 ]
 SUMMARY = {"raw": 0, "claim": 0}
 
@@ -167,7 +168,7 @@ class SendOutbox:
         update: dict[str, Any] = {"last_reply": outcome.reply, "refused": outcome.refused, "phase": None}
         if outcome.result == SMTP_SENT:
             status = SENT
-            update.update(sent_at=now)
+            update.update(sent_at=now, copy_pending=True)
         elif outcome.result == SMTP_UNKNOWN:
             status = UNKNOWN
         elif outcome.result == RETRY and now + backoff(item["attempts"], self.retry_seconds) < as_utc(item["give_up_at"]):
@@ -202,11 +203,19 @@ class SendOutbox:
         return requeued, unknown
 
     def not_archived(self, limit: int = 20) -> list[dict[str, Any]]:
-        """Sent messages whose copy is not in the archive yet."""
-        return list(self.sends.find({"status": SENT, "archived_email_id": None}).limit(limit))
+        """Sent messages whose copy is not in the archive yet (a sparse marker finds them)."""
+        return list(self.sends.find({"copy_pending": True}).limit(limit))
 
-    def set_archived(self, send_id: ObjectId, email_id: str) -> None:
-        self.sends.update_one({"_id": send_id}, {"$set": {"archived_email_id": email_id}})
+    def set_archived(self, item: dict[str, Any], email_id: str) -> None:
+        """The copy is stored: its MIME now lives in the archive, so the outbox lets go of it
+        (nothing resends a sent message)."""
+        self.sends.update_one({"_id": item["_id"]}, {"$set": {"archived_email_id": email_id},
+                                                      "$unset": {"copy_pending": "", "raw": "", "raw_blob": ""}})
+        if item.get("raw_blob") is not None:
+            try:
+                self.bucket.delete(item["raw_blob"])
+            except Exception:  # noqa: BLE001 - an orphaned file costs space, not correctness
+                pass
 
     # -- people's side -----------------------------------------------------------------------
 

@@ -101,11 +101,11 @@ class Sender:
     def archive_one(self, item, raw: bytes) -> None:
         """Store the sent copy; on failure the next pass tries again (ingest is idempotent)."""
         try:
-            stored = self.outbox.sends.find_one({"_id": item["_id"]}, {"sent_at": 1, "archived_email_id": 1})
-            if stored is None or stored.get("archived_email_id"):
+            stored = self.outbox.sends.find_one({"_id": item["_id"]}, {"sent_at": 1, "copy_pending": 1})
+            if stored is None or not stored.get("copy_pending"):
                 return
             email_id = archive_copy(self.archive, {**item, "sent_at": stored.get("sent_at")}, raw)
-            self.outbox.set_archived(item["_id"], email_id)
+            self.outbox.set_archived(item, email_id)
         except Exception as error:  # noqa: BLE001 - the send is done; its copy is retried next pass
             log.warning("sent copy of %s not archived yet (%s); retried on the next pass", item["_id"],
                         type(error).__name__)

@@ -128,7 +128,7 @@ class Sending:
             draft.attachments = self._parts(email_id, document, "attachments")
             inlines = self._parts(email_id, document, "inlines")
             if draft.html:
-                draft.related = [(str(record.get("content_id") or record.get("cid") or "").strip("<>"), part)
+                draft.related = [(str(record.get("cid") or "").strip("<>"), part)
                                  for record, part in zip(document.get("inlines") or [], inlines)]
                 draft.related = [(cid, part) for cid, part in draft.related if cid]
             else:

@@ -122,7 +122,8 @@ def _outbox_call(action):
     try:
         return action()
     except PyMongoError as error:
-        raise ApiError(503, unavailable(error).message.replace("nothing was queued", "try again"),
+        current_app.logger.error("outbox unavailable (%s)", type(error).__name__)
+        raise ApiError(503, "The archive's database is unavailable; try again shortly.",
                        {"Retry-After": "30"}) from None
 
 
