@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,8 +136,11 @@ class Relay:
         handler = _Handler(self)
         common = {"hostname": "127.0.0.1", "port": self.port, "authenticator": _authenticator,
                   "auth_required": True, "server_hostname": "localhost", "ready_timeout": 10}
-        if self.mode == "tls":  # aiosmtpd advertises AUTH over implicit TLS only when told (bug #281)
-            self._controller = Controller(handler, ssl_context=self._context(), auth_require_tls=False, **common)
+        if self.mode == "tls":  # aiosmtpd advertises AUTH over implicit TLS only when told (bug #281);
+            with warnings.catch_warnings():  # its warning assumes plain text, but this socket is TLS
+                warnings.simplefilter("ignore", UserWarning)
+                self._controller = Controller(handler, ssl_context=self._context(), auth_require_tls=False,
+                                              **common)
         else:
             self._controller = Controller(handler, tls_context=self._context(), require_starttls=True, **common)
         self._controller.start()

@@ -306,7 +306,7 @@ _SEND_DESCRIPTION = (
     "Needs a key with the `send` scope. Refused before anything is queued: CR/LF/NUL in any header value "
     "(400), more than 50 recipients (400), From outside DOMINIO or not one the caller may send as (403), "
     "a message past SEND_MAX_MB (413), SEND_DAILY_LIMIT reached this UTC day (429), sending not configured "
-    "or MongoDB unavailable (503: nothing queued).")
+    "(409), MongoDB unavailable (503: nothing queued).")
 _SEND_STATE = {"type": "object", "properties": {
     "send_id": {"type": "string"}, "status": {"enum": ["queued", "sending", "sent", "retrying", "failed",
                                                        "unknown", "cancelled"]},

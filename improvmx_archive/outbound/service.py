@@ -61,10 +61,10 @@ class Sending:
 
     def require_configured(self) -> None:
         if not self.settings.enabled:
-            raise SendRefused(503, "Sending is not configured: set SMTP_USERNAME and SMTP_PASSWORD (or "
+            raise SendRefused(409, "Sending is not configured: set SMTP_USERNAME and SMTP_PASSWORD (or "
                                    "SMTP_CREDENTIALS_FILE) for ImprovMX's SMTP relay")
         if not self.domains:
-            raise SendRefused(503, "Sending is not configured: set DOMINIO to the domains whose aliases may send")
+            raise SendRefused(409, "Sending is not configured: set DOMINIO to the domains whose aliases may send")
 
     def may_use(self, address: str) -> bool:
         return compose.in_domains(address, self.domains) and may_send_as(self.principal, address)
@@ -78,7 +78,7 @@ class Sending:
         if not may_send_as(self.principal, sender):
             raise SendRefused(403, f"You may not send as {sender}")
         if self.settings.login_for(sender) is None:
-            raise SendRefused(503, f"No SMTP login is configured for {sender}")
+            raise SendRefused(409, f"No SMTP login is configured for {sender}")
         return sender
 
     def original(self, email_id: str) -> dict[str, Any]:

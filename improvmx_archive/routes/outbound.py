@@ -162,7 +162,7 @@ def outbox_retry(send_id: str):
     service = sending()
     item = _found_send(service, send_id)
     if not service.settings.enabled:
-        raise ApiError(503, "Sending is not configured", {"Retry-After": "30"})
+        raise ApiError(409, "Sending is not configured")
     changed = _outbox_call(lambda: service.outbox.retry(ObjectId(send_id), service.owner_filter(),
                                                         g.principal.actor()))
     if changed is None:

@@ -183,6 +183,8 @@ def test_compose_with_bcc_keeps_bcc_out_of_every_header(starttls_relay, make_sen
     assert item["bcc"] == ["hidden@example.net"]
     copy = app.extensions["archive"].find(item["archived_email_id"])
     assert [entry["email"] for entry in copy["bcc"]] == ["hidden@example.net"]
+    stored = app.extensions["send_outbox"].sends.find_one({})
+    assert "raw" not in stored and "copy_pending" not in stored  # the archive holds the copy now
     listed = client.get("/emails", headers=AUTH, query_string={"q": "in:sent"}).json
     assert [entry["id"] for entry in listed["emails"]] == [item["archived_email_id"]]
 

@@ -127,7 +127,7 @@ def test_an_attachment_past_the_size_limit_is_413(make_app):
 def test_sending_is_off_until_credentials_are_set(make_app):
     app = make_app(DOMINIO="example.com")
     response = app.test_client().post("/send", headers=AUTH, json=compose_body())
-    assert response.status_code == 503 and "not configured" in response.json["error"]
+    assert response.status_code == 409 and "not configured" in response.json["error"]
     assert queued(app) == 0
 
 
