@@ -90,7 +90,8 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
     app.extensions["large_bodies"] = LargeBodyGate(settings.spool_dir, settings.large_body_slots,
                                                    settings.large_body_bytes, settings.large_body_wait)
     app.extensions["archive_gauges"] = ArchiveGauges(
-        database, readers=[app.extensions["outbox"].publish_gauges, retention_gauges(database)])
+        database, readers=[app.extensions["outbox"].publish_gauges, retention_gauges(database),
+                           app.extensions["send_outbox"].publish_gauges])
     try:
         app.extensions["archive"].ensure_indexes()
         app.extensions["people"].ensure_indexes()

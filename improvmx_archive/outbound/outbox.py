@@ -31,6 +31,7 @@ from gridfs import GridFSBucket
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from .. import metrics
 from ..db import DURABLE
 from ..times import as_utc
 from .smtp import FAILED as SMTP_FAILED, RETRY, SENT as SMTP_SENT, UNKNOWN as SMTP_UNKNOWN, Outcome
@@ -243,6 +244,12 @@ class SendOutbox:
             {"_id": send_id, "status": {"$in": list(CANCELLABLE)}, **owner},
             {"$set": {"status": CANCELLED, "cancelled_by": actor, "cancelled_at": now}},
             projection=SUMMARY, return_document=ReturnDocument.AFTER)
+
+    def publish_gauges(self) -> None:
+        """improvmx_send_queue{status}: what waits (queued, sending, retrying) or needs a person."""
+        counts = self.counts()
+        for status in (QUEUED, SENDING, RETRYING, UNKNOWN, FAILED):
+            metrics.SEND_QUEUE.labels(status=status).set(counts[status])
 
     def counts(self) -> dict[str, int]:
         counted = {state: 0 for state in STATES}

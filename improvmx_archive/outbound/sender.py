@@ -15,7 +15,7 @@ from pymongo.errors import PyMongoError
 from .. import metrics
 from ..config import SendingSettings
 from . import smtp
-from .outbox import QUEUED, RETRYING, SENDING, SENT, STATES, LeaseLost, SendOutbox
+from .outbox import SENT, LeaseLost, SendOutbox
 from .service import archive_copy
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class Sender:
         self.archive_pending()
         item = self.outbox.claim()
         if item is None:
-            self.publish_gauges()
+            self.outbox.publish_gauges()
             return self.poll_seconds
         self.send(item)
         return 0
@@ -109,9 +109,3 @@ class Sender:
         except Exception as error:  # noqa: BLE001 - the send is done; its copy is retried next pass
             log.warning("sent copy of %s not archived yet (%s); retried on the next pass", item["_id"],
                         type(error).__name__)
-
-    def publish_gauges(self) -> None:
-        counts = self.outbox.counts()
-        for status in STATES:
-            if status in (QUEUED, SENDING, RETRYING, "unknown", "failed"):
-                metrics.SEND_QUEUE.labels(status=status).set(counts[status])

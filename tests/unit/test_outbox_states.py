@@ -131,3 +131,10 @@ def test_a_conversation_follows_references_and_uses_the_subject_only_without_hea
     token, _ = keys.create(str(person["_id"]), "laptop", ["read"])
     member = client.get(f"/emails/{deeper}/thread", headers={"Authorization": f"Bearer {token}"}).json
     assert [entry["id"] for entry in member["emails"]] == [root, answer, deeper, bare]
+
+
+def test_metrics_show_the_queue_depth(app):
+    queue(app)
+    queue(app)
+    scraped = app.test_client().get("/metrics", headers=AUTH).get_data(as_text=True)
+    assert 'improvmx_send_queue{status="queued"} 2.0' in scraped
