@@ -21,6 +21,8 @@ from .service import archive_copy
 log = logging.getLogger(__name__)
 
 PAUSE_AFTER_ERROR_SECONDS = 5.0
+RECORD_ATTEMPTS = 6
+RECORD_PAUSE_SECONDS = 5.0
 
 
 class Sender:
@@ -76,15 +78,8 @@ class Sender:
         login = self.settings.login_for(item["sender"])
         outcome = smtp.deliver(self.settings, login, item["sender"], item["recipients"], raw,
                                lambda: self.outbox.mark_body(item))
-        try:
-            status = self.outbox.record(item, outcome)
-        except LeaseLost:
-            log.error("send %s: its lease expired during the attempt (%s); state left to the sweep",
-                      item["_id"], outcome.result)
-            return None
-        except PyMongoError as error:
-            log.error("send %s: outcome %s not recorded (%s); its lease will expire and decide",
-                      item["_id"], outcome.result, type(error).__name__)
+        status = self._record(item, outcome)
+        if status is None:
             return None
         metrics.SENDS.labels(result=status).inc()
         level = logging.INFO if status == SENT else logging.WARNING
@@ -93,6 +88,25 @@ class Sender:
         if status == SENT:
             self.archive_one({**item, "status": SENT}, raw)
         return status
+
+    def _record(self, item, outcome: smtp.Outcome) -> str | None:
+        """Record the outcome, retrying while MongoDB is briefly away: a 250 left unrecorded
+        would turn into `unknown` when the lease expires."""
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                return self.outbox.record(item, outcome)
+            except LeaseLost:
+                log.error("send %s: its lease expired during the attempt (%s); state left to the sweep",
+                          item["_id"], outcome.result)
+                return None
+            except PyMongoError as error:
+                log.warning("send %s: outcome %s not recorded yet (%s), attempt %d of %d", item["_id"],
+                            outcome.result, type(error).__name__, attempt + 1, RECORD_ATTEMPTS)
+                if self._stop.wait(RECORD_PAUSE_SECONDS):
+                    break
+        log.error("send %s: outcome %s (%s) not recorded; when its lease expires it becomes retrying if the "
+                  "body never went out, else unknown", item["_id"], outcome.result, outcome.reply)
+        return None
 
     def archive_pending(self) -> None:
         for item in self.outbox.not_archived():

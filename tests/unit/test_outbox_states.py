@@ -138,3 +138,22 @@ def test_metrics_show_the_queue_depth(app):
     queue(app)
     scraped = app.test_client().get("/metrics", headers=AUTH).get_data(as_text=True)
     assert 'improvmx_send_queue{status="queued"} 2.0' in scraped
+
+
+def test_an_outcome_is_recorded_once_mongodb_answers_again(app, monkeypatch):
+    from pymongo.errors import AutoReconnect
+
+    from improvmx_archive.outbound import outbox as outbox_module
+    queue(app)
+    sender = sender_with(app, monkeypatch, Outcome("sent", "250 ok"))
+    monkeypatch.setattr(sender_module, "RECORD_PAUSE_SECONDS", 0.01)
+    real_record, failures = outbox_module.SendOutbox.record, [AutoReconnect("down"), AutoReconnect("down")]
+
+    def flaky(self, item, outcome):
+        if failures:
+            raise failures.pop(0)
+        return real_record(self, item, outcome)
+
+    monkeypatch.setattr(outbox_module.SendOutbox, "record", flaky)
+    sender.step()
+    assert state(app)["status"] == "sent"
