@@ -10,6 +10,7 @@ from flask_cors import CORS
 from pymongo.errors import PyMongoError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from .access.audit import AuditTrail
 from .access.authn import Authenticator
 from .access.keys import Keys
 from .access.people import People
@@ -26,6 +27,7 @@ from .outbound.outbox import SendOutbox
 from .ratelimit import register_rate_limits
 from .retention import gauge_reader as retention_gauges
 from .requestlog import configure_logging, register_request_log
+from .routes import audit as audit_routes  # not `audit`: that name is access.audit's
 from .routes import docs, emails, health, transfer, webhook
 from .routes import outbound as outbound_routes
 from .routes import metrics as metrics_routes  # not `metrics`: that name is the metrics module
@@ -85,6 +87,7 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
     app.extensions["keys"] = Keys(database)
     app.extensions["authenticator"] = Authenticator(settings.api_keys, app.extensions["people"],
                                                     app.extensions["keys"])
+    app.extensions["audit_trail"] = AuditTrail(database)
     app.extensions["spool"] = Spool(settings.spool_dir)
     # The slot files live beside the spool: local disk, writable under the systemd unit.
     app.extensions["large_bodies"] = LargeBodyGate(settings.spool_dir, settings.large_body_slots,
@@ -97,6 +100,7 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
         app.extensions["people"].ensure_indexes()
         app.extensions["keys"].ensure_indexes()
         app.extensions["send_outbox"].ensure_indexes()
+        app.extensions["audit_trail"].ensure_indexes()
     except PyMongoError:
         log.warning("MongoDB unreachable at start-up; indexes will be created by `flask create-indexes` "
                     "or the next start")
@@ -112,3 +116,4 @@ def register_blueprints(app: Flask) -> None:
     for module in (health, webhook, emails, transfer, docs, metrics_routes):
         app.register_blueprint(module.bp)
     app.register_blueprint(outbound_routes.bp)
+    app.register_blueprint(audit_routes.bp)

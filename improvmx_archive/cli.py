@@ -14,15 +14,23 @@ from pathlib import Path
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
+from pymongo.errors import PyMongoError
 
 from . import audience, blobrefs
+from .access import audit
+from .access.principal import Principal
+from . import delivered
+from .changes import note_change
+from .access.commands import keys_cli, users_cli
 from .archive import index_hint
 from .db import DatabaseUnavailable, create_indexes, ping
 from .deletion import DELETION_FIELDS, NOT_HELD
 from .errors import ApiError
 from .indexer import BATCH_SIZE, Reindex
 from .listing import parse_filters
-from .mailio import NotAMessage, MessageSource, eml_filename, find_import_files, import_raw, mbox_entry, oldest_first
+from .mailio import (
+    MboxExport, NotAMessage, MessageSource, eml_filename, find_import_files, import_raw, oldest_first,
+)
 from .maintenance import collect_orphans
 from .notify import masked
 from .outbound.cli import COMMANDS as OUTBOUND_COMMANDS, EXIT_SMTP_FAILED, check_sending_line
@@ -62,6 +70,7 @@ def create_indexes_command():
     create_indexes(database)
     current_app.extensions["people"].ensure_indexes()
     current_app.extensions["keys"].ensure_indexes()
+    current_app.extensions["audit_trail"].ensure_indexes()
     pending = blobrefs.unmigrated_count(database.emails)
     migrated = tagged = 0
     if pending:
@@ -72,6 +81,12 @@ def create_indexes_command():
         with click.progressbar(length=untagged, label="adding audience tags to older messages") as bar:
             tagged = audience.backfill(database.emails, progress=bar.update)
     click.echo(f"ok: indexes created; {migrated} message(s) given blob_ids, {tagged} given audience tags")
+    missing = delivered.missing_count(database.emails)
+    if missing:
+        with click.progressbar(length=missing, label="adding delivered_to to older messages") as bar:
+            given = delivered.backfill(database.emails, progress=bar.update)
+        note_change(database)
+        click.echo(f"ok: {given} message(s) given delivered_to (the UI's aliases)")
 
 
 @click.command("reindex")
@@ -267,51 +282,47 @@ def export_command(output_format: str, output: Path, **filters: str | None):
 
     mbox: written to a hidden temporary file and renamed when complete, so a re-run simply
     replaces it. eml: existing files are skipped, so an interrupted run resumes where it stopped.
+    A message that cannot be rebuilt is listed, counted as failed and makes the exit status 1
+    (an mbox then ends with a marker message naming it); the rest are exported.
     """
     archive = current_app.extensions["archive"]
     query = _export_query(filters)
     hint = index_hint(query)
     total = archive.emails.count_documents(query, **({"hint": hint} if hint else {}))
-    counts = {"written": 0, "skipped": 0}
-    failures: list[str] = []
-
-    def rebuilt(bar, make):
-        """(document, its bytes) for each message; one that cannot be rebuilt is reported."""
-        for document in oldest_first(archive, query):
-            bar.update(1)
-            try:
-                chunks = make(document)
-            except Exception as error:  # one unrebuildable message must not stop the rest
-                failures.append(f"{document['_id']}: cannot be rebuilt ({type(error).__name__})")
-                continue
-            if chunks is not None:
-                yield document, chunks
+    skipped = 0
+    failures: list[tuple[str, str]] = []
 
     with click.progressbar(length=total, label=f"exporting {total} message(s)") as bar:
         if output_format == "mbox":
-            def entries():
-                for _, chunks in rebuilt(bar, lambda document: mbox_entry(archive, document)):
-                    counts["written"] += 1
-                    yield from chunks
-            _write_atomically(output, entries())
+            export = MboxExport(archive, query, progress=bar.update)
+            _write_atomically(output, export)
+            written, failures = export.written, export.missing
         else:
             output.mkdir(parents=True, exist_ok=True)
-
-            def unless_exported(document):
-                if (output / eml_filename(document)).exists():
-                    counts["skipped"] += 1
-                    return None
-                return MessageSource(archive, document).chunks(b"\r\n")
-
-            for document, chunks in rebuilt(bar, unless_exported):
-                _write_atomically(output / eml_filename(document), chunks)
-                counts["written"] += 1
-    for failure in failures:
-        click.echo(f"  failed {failure}", err=True)
-    click.echo(f"exported {counts['written']} message(s) to {output}"
-               + (f", skipped {counts['skipped']} already there" if output_format == "eml" else "")
+            written = 0
+            for document in oldest_first(archive, query):
+                bar.update(1)
+                target = output / eml_filename(document)
+                if target.exists():
+                    skipped += 1
+                    continue
+                try:  # one message that cannot be rebuilt (or read) must not stop the rest
+                    _write_atomically(target, MessageSource(archive, document).chunks(b"\r\n"))
+                except (DatabaseUnavailable, OSError):
+                    raise
+                except Exception as error:
+                    failures.append((str(document["_id"]), f"cannot be rebuilt ({type(error).__name__})"))
+                    continue
+                written += 1
+    for email_id, why in failures:
+        click.echo(f"  failed {email_id}: {why}", err=True)
+    click.echo(f"exported {written} message(s) to {output}"
+               + (f", skipped {skipped} already there" if output_format == "eml" else "")
                + f", failed {len(failures)}")
     if failures:
+        click.echo(f"error: {len(failures)} message(s) are not in the export"
+                   + (f" ({output} ends with a marker message naming them)" if output_format == "mbox" else "")
+                   + "; they are still in the archive", err=True)
         sys.exit(1)
 
 
@@ -350,6 +361,8 @@ def import_command(paths: tuple[Path, ...]):
                     stored += not (result.duplicate or result.deleted)
             except OSError as error:
                 failed.append((str(file.path), f"cannot read ({error.strerror or type(error).__name__})"))
+    _record_cli("import", count=stored, details={"duplicates": duplicates, "failed": len(failed), "deleted": deleted,
+                                                 "paths": [str(path)[:200] for path in paths[:20]]})
     tombstoned = f", deleted earlier so not stored {deleted}" if deleted else ""
     click.echo(f"stored {stored}, duplicate {duplicates}, failed {len(failed)}{tombstoned}")
     for label, reason in failed:
@@ -420,6 +433,8 @@ def purge_command(before: datetime | None, q: str | None, dry_run: bool, yes: bo
     with click.progressbar(length=total, label="deleting", file=sys.stderr) as bar:
         while batch := list(archive.emails.find(matching, DELETION_FIELDS).sort("received_at", 1).limit(PURGE_BATCH)):
             removed = set(archive.deleter.delete_documents(batch))
+            _record_cli("purge", email_ids=[str(i) for i in removed], count=len(removed),
+                        details={"before": _iso(before.replace(tzinfo=timezone.utc)) if before else None, "q": q})
             for document in batch:
                 if document["_id"] in removed:
                     click.echo(f"deleted {_purge_line(document)}")
@@ -432,5 +447,90 @@ def register_commands(app: Flask) -> None:
     for command in (check_command, create_indexes_command, reindex_command, send_sample_command, gc_blobs_command,
                     spool_cli, notify_cli, export_command, import_command, purge_command):
         app.cli.add_command(command)
+    register_access_commands(app)
+    app.cli.add_command(audit_cli)
     for command in OUTBOUND_COMMANDS:
         app.cli.add_command(command)
+
+
+# --- the audit trail (access/audit.py) ---------------------------------------------------------
+
+audit_cli = AppGroup("audit", help="The tamper-evident audit trail: verify its chain, trim old entries.")
+
+
+def _record_cli(action: str, **fields) -> None:
+    """An audit entry for an operator command (the CLI actor). Without MongoDB the command
+    itself has already failed; a failure here is reported, not hidden."""
+    try:
+        audit.record(action, principal=Principal.operator(via="cli"), **fields)
+    except audit.AuditUnavailable:
+        click.echo(f"error: the audit entry for this {action} could not be written (MongoDB unavailable)", err=True)
+        sys.exit(EXIT_DATABASE_UNREACHABLE)
+
+
+def _anchor(value: str) -> tuple[int, str]:
+    seq, _, digest = value.partition(":")
+    if not seq.isdigit() or len(digest) != 64:
+        raise click.BadParameter(f"{value!r} is not SEQ:HASH as `flask audit verify` prints the head")
+    return int(seq), digest.lower()
+
+
+@audit_cli.command("verify")
+@with_appcontext
+@click.option("--anchor", "anchors", multiple=True, metavar="SEQ:HASH",
+              help="An entry noted earlier (the head verify printed); checks it was not rewritten. Repeatable.")
+def audit_verify_command(anchors: tuple[str, ...]):
+    """Check the whole chain; exit 1 naming the first entry edited, removed or reordered."""
+    trail = current_app.extensions["audit_trail"]
+    wanted = [_anchor(value) for value in anchors]
+    try:
+        total = trail.entries.estimated_document_count()
+        with click.progressbar(length=total, label="verifying", file=sys.stderr) as bar:
+            report = trail.verify(progress=bar.update, anchors=wanted)
+    except PyMongoError as error:
+        click.echo(f"error: MongoDB is unavailable ({type(error).__name__})", err=True)
+        sys.exit(EXIT_DATABASE_UNREACHABLE)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if report.awaiting_trim:
+        click.echo(f"{report.awaiting_trim} entr{'y' if report.awaiting_trim == 1 else 'ies'} below the trim "
+                   "record await deletion (an interrupted trim); not checked")
+    if not report.ok:
+        click.echo(f"FAILED after {report.checked} good entr{'y' if report.checked == 1 else 'ies'}: "
+                   f"{report.problem}", err=True)
+        sys.exit(1)
+    span = f"entries {report.first} to {report.last}" if report.checked else "no entries"
+    click.echo(f"ok: {report.checked} entr{'y' if report.checked == 1 else 'ies'} verified ({span})")
+    if report.head:
+        click.echo(f"head: {report.head['seq']}:{report.head['hash']}  (note it elsewhere; "
+                   "check it later with --anchor)")
+
+
+@audit_cli.command("trim")
+@with_appcontext
+@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Remove entries older than this many days (default AUDIT_RETENTION_DAYS).")
+def audit_trim_command(days: float | None):
+    """Remove the oldest entries (older than AUDIT_RETENTION_DAYS); what remains still verifies."""
+    days = days or current_app.config["SETTINGS"].audit_retention_days
+    if not days:
+        raise click.UsageError("AUDIT_RETENTION_DAYS is 0 (keep forever); give --days to trim anyway")
+    trail = current_app.extensions["audit_trail"]
+    cutoff = datetime.now(timezone.utc) - timedelta(days=days)
+    try:
+        with click.progressbar(length=trail.entries.estimated_document_count(), label="checking",
+                               file=sys.stderr) as bar:
+            removed = trail.trim(cutoff, progress=bar.update)
+    except audit.TrimRefused as refused:
+        click.echo(f"refused: {refused}; nothing was trimmed", err=True)
+        sys.exit(1)
+    except PyMongoError as error:
+        click.echo(f"error: MongoDB is unavailable ({type(error).__name__})", err=True)
+        sys.exit(EXIT_DATABASE_UNREACHABLE)
+    click.echo(f"ok: removed {removed} entr{'y' if removed == 1 else 'ies'} older than {days:g} day(s)")
+
+
+def register_access_commands(app: Flask) -> None:
+    """`flask users ...` and `flask keys ...` (access/commands.py)."""
+    app.cli.add_command(users_cli)
+    app.cli.add_command(keys_cli)

@@ -33,6 +33,9 @@ DEFAULT_LIMITS = {
     "RATELIMIT_METRICS": "60 per minute",
     "RATELIMIT_UI": "300 per minute",
     "RATELIMIT_IMPORT": "60 per minute",
+    # Every API request made with a valid key, counted per person (all their keys) or for the
+    # operator keys together, instead of RATELIMIT_GLOBAL's per-address count (docs/security.md).
+    "RATELIMIT_AUTHENTICATED": "2000 per hour;20000 per day",
 }
 
 
@@ -195,6 +198,7 @@ class Settings:
     retention_days: float = 0.0  # 0: keep forever
     retention_keep_unprocessed: bool = False
     retention_interval: float = 3600.0  # seconds between retention passes across all hosts
+    audit_retention_days: float = 365.0  # audit entries older than this are trimmed; 0: kept forever
     log_level: str = "INFO"
     sending: "SendingSettings" = field(default_factory=lambda: SendingSettings())
 
@@ -265,6 +269,7 @@ class Settings:
             retention_days=_number(env, "RETENTION_DAYS", 0, 0),
             retention_keep_unprocessed=_flag(env, "RETENTION_KEEP_UNPROCESSED", False),
             retention_interval=_number(env, "RETENTION_INTERVAL", 3600, 60),
+            audit_retention_days=_number(env, "AUDIT_RETENTION_DAYS", 365, 0),
             log_level=log_level,
             sending=_sending(env),
         )

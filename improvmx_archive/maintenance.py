@@ -25,6 +25,8 @@ from bson import ObjectId
 from flask import Flask
 from pymongo.errors import PyMongoError
 
+from .access.audit import AuditRetention
+from .changes import note_change
 from .indexer import SearchIndexer
 from .lease import Lease
 from .notify import Notifier
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 ORPHAN_GC_LEASE = "orphan-gc"
 RETENTION_LEASE = "retention"
+AUDIT_TRIM_LEASE = "audit-trim"
 # Unreferenced blobs younger than this are kept: an ingest may be about to reference them,
 # and a spool replay after a long outage reuses the blobs its first attempt wrote.
 ORPHAN_GRACE = timedelta(hours=24)
@@ -82,10 +85,11 @@ class Maintenance:
     """The worker's background thread and the work it does on each pass."""
 
     def __init__(self, archive, spool, replay_interval: float, gc_interval: float, index_interval: float = 0,
-                 retention: Retention | None = None):
+                 retention: Retention | None = None, audit_retention: AuditRetention | None = None):
         self.archive = archive
         self.spool = spool
         self.retention = retention
+        self.audit_retention = audit_retention
         self.replay_interval = replay_interval
         self.gc_interval = gc_interval
         self.index_interval = index_interval  # 0: this thread never indexes for search
@@ -146,6 +150,8 @@ class Maintenance:
             self.collect_orphans()
         if self.retention and not self._stop.is_set():
             self.retention.run_if_due(self._stop.is_set)
+        if self.audit_retention and not self._stop.is_set():
+            self.audit_retention.run_if_due()
 
     def ensure_indexes(self) -> bool:
         """Confirm the indexes before replaying: without the unique idempotency key two
@@ -159,7 +165,7 @@ class Maintenance:
         return True
 
     def migrate_blob_refs(self) -> None:
-        """Give messages stored before blob_ids and audience existed those fields, once per
+        """Give messages stored before blob_ids, audience and delivered_to existed those fields, once per
         process (here, not at start-up, so a large archive never holds a booting worker
         past its timeout)."""
         if self._blob_refs_migrated:
@@ -170,6 +176,11 @@ class Maintenance:
         tagged = self.archive.migrate_audience()
         if tagged:
             log.info("gave %d older message(s) their audience tags (the visibility rule)", tagged)
+        delivered = self.archive.migrate_delivered_to()
+        if delivered:
+            log.info("gave %d older message(s) their delivered_to addresses (the UI's aliases)", delivered)
+        if tagged or delivered:
+            note_change(self.archive.database)  # cached alias lists and per-view figures are stale
         linked = self.archive.migrate_threads()
         if linked:
             log.info("gave %d older message(s) their thread_refs (conversations)", linked)
@@ -245,8 +256,11 @@ def start_background_tasks(app: Flask) -> Maintenance | None:
     retention = Retention(archive, Lease(archive.database, RETENTION_LEASE), settings.retention_days,
                           settings.retention_keep_unprocessed, settings.retention_interval) \
         if settings.retention_days else None
+    audit_retention = AuditRetention(app.extensions["audit_trail"], Lease(archive.database, AUDIT_TRIM_LEASE),
+                                     settings.audit_retention_days) if settings.audit_retention_days else None
     maintenance = Maintenance(archive, app.extensions["spool"], settings.spool_replay_interval,
-                              settings.blob_gc_interval, settings.search_index_interval, retention)
+                              settings.blob_gc_interval, settings.search_index_interval, retention,
+                              audit_retention)
     maintenance.start()
     app.extensions["maintenance"] = maintenance
     if settings.notify_urls:

@@ -116,16 +116,19 @@ TRANSFER_PATHS = {
                        "multipart/related > multipart/alternative, with CRLF line endings. Header order is trace "
                        "fields, then originator and destination fields, then the rest (the JSON does not keep the "
                        "original order); DKIM signatures inside no longer verify. An X-Archive-Reconstructed "
-                       "header says so.",
+                       "header says so. An address that is not ASCII is written as stored, in a UTF-8 header "
+                       "(RFC 6532). A message that cannot be rebuilt answers 500 with a JSON error saying so.",
         "security": BEARER, "parameters": [EMAIL_ID],
         "responses": {"200": {"description": "The message, streamed", "content": {"message/rfc822": RAW_MESSAGE}},
-                      **_error_responses(*AUTH_ERRORS, 404)}}},
+                      **_error_responses(*AUTH_ERRORS, 404, 500)}}},
     "/export.mbox": {"get": {
         "summary": "Every matching message, oldest first, as one streamed mbox (mboxrd)",
         "description": "Takes the filters of GET /emails, q included (paging does not apply: everything "
                        "matching is exported). LF line endings, `From <sender> <asctime UTC of received_at>` separators, "
                        "`>From ` quoting reversible (mboxrd). Streamed at constant memory; a client that "
-                       "disconnects stops the export.",
+                       "disconnects stops the export. A message that cannot be rebuilt is never left out in "
+                       "silence: the mbox then ends with a marker message carrying X-Archive-Export-Incomplete "
+                       "(the count) and listing each missing id with the reason.",
         "security": BEARER,
         "parameters": [p for p in LIST_PARAMETERS if p["name"] not in ("limit", "skip", "cursor", "count")],
         "responses": {"200": {"description": "The mbox, streamed", "content": {"application/mbox": RAW_MESSAGE}},
@@ -148,6 +151,56 @@ TRANSFER_PATHS = {
 }
 
 
+AUDIT_ENTRY = {"type": "object", "properties": {
+    "seq": {"type": "integer", "description": "Position in the chain (1, 2, 3, ...)."},
+    "at": {"type": "string", "format": "date-time"},
+    "actor": {"type": "object", "description": "Who: name, person_id (null for an operator key), key_id "
+                                              "(the personal key used; never the key itself), via "
+                                              "(key, session, imap, cli).",
+              "properties": {"name": {"type": "string"}, "person_id": {"type": ["string", "null"]},
+                             "key_id": {"type": ["string", "null"]}, "via": {"type": "string"}}},
+    "ip": {"type": ["string", "null"], "description": "The client address (null for the CLI)."},
+    "route": {"type": ["string", "null"],
+              "description": "The endpoint that acted (e.g. emails.get_email, ui.message)."},
+    "action": {"type": "string", "description": "view, list, download, export, processed, hold, delete, import, "
+                                                "purge, and sign-in, key and person changes."},
+    "outcome": {"type": "string", "description": "ok; refused (the message exists outside the caller's view: "
+                                                 "the caller got a 404); missing; held; duplicate; ..."},
+    "email_ids": {"type": "array", "items": {"type": "string"}},
+    "count": {"type": ["integer", "null"], "description": "How many messages (lists, exports, bulk work)."},
+    "details": {"type": ["object", "null"], "description": "e.g. the list's query, the part downloaded."},
+    "prev": {"type": "string", "description": "SHA-256 of the entry before it (the chain)."},
+    "hash": {"type": "string", "description": "SHA-256 of this entry's content, prev included."},
+}}
+
+AUDIT_PATHS = {
+    "/audit": {"get": {
+        "summary": "The audit trail, newest first (admins: everyone's; members: their own)",
+        "description": "Every view, download, list, export, processed/hold change, delete, purge and import, and "
+                       "every refused access to a message, in a hash chain (`flask audit verify` checks it). "
+                       "Pages go by `next` (pass it back as cursor with the same filters; a cursor altered, "
+                       "or used with other filters or by another reader: 400). An unknown or bad parameter: 400 "
+                       "naming it.",
+        "security": BEARER,
+        "parameters": [
+            _param("person", "query", {"type": "string"},
+                   "A person's name or id, `operator` (API_KEY keys, the CLI) or `anonymous` (nobody signed "
+                   "in). A member always reads only their own entries."),
+            _param("action", "query", {"type": "string"}, "e.g. view, list, download, delete."),
+            _param("email_id", "query", {"type": "string"}, "Entries about this message."),
+            _param("since", "query", {"type": "string", "format": "date-time"}, "At or after (ISO 8601)."),
+            _param("until", "query", {"type": "string", "format": "date-time"}, "At or before (ISO 8601)."),
+            _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}, "Page size."),
+            _param("cursor", "query", {"type": "string"}, "The `next` value of the previous page."),
+        ],
+        "responses": {"200": {"description": "A page of entries", "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"success": {"const": True}, "count": {"type": "integer"},
+                                             "next": {"type": ["string", "null"]},
+                                             "entries": {"type": "array", "items": AUDIT_ENTRY}}}}}},
+                      **_error_responses(400, *AUTH_ERRORS)}}},
+}
+
+
 def build_spec() -> dict[str, Any]:
     """The whole OpenAPI document."""
     return {
@@ -160,7 +213,9 @@ def build_spec() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "One of the keys in API_KEY."}},
+                                           "description": "One of the operator keys in API_KEY, or a person's "
+                                                          "own key (imxa_...): it sees only that person's mail, "
+                                                          "and only what its scopes (read, write) allow."}},
             "responses": {"Error": {"description": "Error", "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/Error"}}}}},
             "schemas": {
@@ -280,6 +335,7 @@ def build_spec() -> dict[str, Any]:
                               **_error_responses(*AUTH_ERRORS)}}},
             **TRANSFER_PATHS,
             **SENDING_PATHS,
+            **AUDIT_PATHS,
             "/docs": {"get": {"summary": "This documentation as a web page", "security": [],
                               "responses": {"200": {"description": "HTML"}}}},
             "/openapi.json": {"get": {"summary": "This OpenAPI description", "security": [],

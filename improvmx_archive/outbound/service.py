@@ -235,11 +235,13 @@ def archive_copy(archive, item: Mapping[str, Any], raw: bytes) -> str:
     return result.email_id
 
 
-def conversation(scoped: ScopedArchive, email_id: str) -> list[dict[str, Any]] | None:
+def conversation(scoped: ScopedArchive, email_id: str,
+                 document: Mapping[str, Any] | None = None) -> list[dict[str, Any]] | None:
     """The messages of email_id's conversation in this view, oldest first (None: not visible).
     Linked by Message-ID, In-Reply-To and References; by subject only for messages that carry
-    none of those headers."""
-    document = scoped.find(email_id)
+    none of those headers. `document`: the message already read through this view (the
+    message page), so it is not read (and audited) twice."""
+    document = document if document is not None else scoped.find(email_id)
     if document is None:
         return None
     refs = set(document.get(threads.FIELD) or threads.refs_of(document.get("message-id"), document.get("headers")))

@@ -156,8 +156,9 @@ def outbox_action(send_id: str, action: str):
 
 @bp.app_context_processor
 def _conversation_helper():
-    """`thread_of(email_id)` for the message page: the conversation under the same view."""
-    def thread_of(email_id: str):
-        found = conversation(visible_archive(), email_id) or []
+    """`thread_of(document)` for the message page: the conversation of the message it already
+    read, under the same view."""
+    def thread_of(document):
+        found = conversation(visible_archive(), str(document["_id"]), document) or []
         return [present_thread_item(item) for item in found] if len(found) > 1 else []
     return {"thread_of": thread_of}

@@ -10,8 +10,9 @@ from bson import ObjectId
 from flask import current_app, flash, redirect, render_template, request, url_for
 
 from ..access.scoped import visible_archive
-from ..deletion import MessageOnHold
+from ..changes import content_mark
 from ..listing import Page, parse_filters
+from ..query import QueryError
 from .auth import safe_next
 from .blueprint import bp, render_error, signed_in
 from .stats import recipient_aliases
@@ -26,10 +27,11 @@ def list_args(args) -> dict[str, str]:
     return {name: args[name] for name in LIST_ARGS if args.get(name)}
 
 
-def list_page(cursor: str | None, limit: int = PAGE_SIZE, count: bool = False) -> Page:
+def list_page(cursor: str | None, limit: int = PAGE_SIZE, count: bool = False, audited: bool = True) -> Page:
     """A page of the current list through the API's own listing (the same `q` language and
-    filters as GET /emails, 400 on a bad value), from a cursor: page 500 costs what page 1 does."""
-    return visible_archive().list_page(parse_filters(request.args), cursor or None, limit, count=count)
+    filters as GET /emails, 400 on a bad value), from a cursor: page 500 costs what page 1 does.
+    audited=False for a message page's look at its neighbours (the message view is recorded)."""
+    return visible_archive(audited).list_page(parse_filters(request.args), cursor or None, limit, count=count)
 
 
 def _aliases() -> list[tuple[str, int]]:
@@ -38,17 +40,23 @@ def _aliases() -> list[tuple[str, int]]:
     archive = visible_archive()
     view = json.dumps(archive.visibility, sort_keys=True)
     return current_app.extensions["ui_stats"].get(
-        f"aliases:{view}", lambda: recipient_aliases(archive.archive.emails, settings.domains, archive.visibility))
+        f"aliases:{view}", lambda: recipient_aliases(archive.archive.emails, settings.domains, archive.visibility),
+        mark=content_mark(archive.archive.database))
 
 
 @bp.get("/")
 @signed_in
 def inbox():
+    """The list; a search or filter the parser refuses shows the inbox anyway, with the
+    reason next to the query as typed (400), so it can be corrected in place."""
     cursor = request.args.get("cursor") or None
-    page = list_page(cursor, count=True)
+    try:
+        page, problem, status = list_page(cursor, count=True), None, 200
+    except QueryError as error:
+        page, problem, status = Page([], None, 0), error.message, 400
     return render_template("ui/inbox.html", page=page, cursor=cursor or "", previous=request.args.get("pc"),
-                           current=list_args(request.args), aliases=_aliases(),
-                           back=request.full_path.rstrip("?"))
+                           current=list_args(request.args), aliases=_aliases(), problem=problem,
+                           back=request.full_path.rstrip("?")), status
 
 
 def list_url(**overrides: str | None) -> str:
@@ -78,8 +86,7 @@ def bulk():
                                         {"subject": 1, "from": 1, "received_at": 1, "hold": 1})
         return render_template("ui/confirm_delete.html", messages=list(chosen),
                                back=safe_next(request.form.get("back")))
-    for email_id in ids:
-        archive.set_processed(email_id, action == "processed")
+    archive.set_processed_many(ids, action == "processed")
     return redirect(safe_next(request.form.get("back")), 303)
 
 
@@ -90,13 +97,7 @@ def delete():
     kept); held messages stay and are reported."""
     if request.form.get("confirm") != "yes":
         return render_error(400, "Deletion was not confirmed, so nothing was deleted.")
-    archive = visible_archive()
-    deleted = held = 0
-    for email_id in _selected():
-        try:
-            deleted += archive.delete(email_id)
-        except MessageOnHold:
-            held += 1
+    deleted, held = visible_archive().delete_many(_selected())
     notice = f"Deleted {deleted} message{'' if deleted == 1 else 's'}."
     if held:
         notice += f" {held} on hold {'was' if held == 1 else 'were'} kept: release the hold first."
