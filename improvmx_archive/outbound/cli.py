@@ -13,14 +13,16 @@ from bson import ObjectId
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
+from ..access.principal import Principal
 from ..config import SendingSettings
 from ..times import api_time
 from . import smtp
 from .compose import Draft, SendRefused, build, valid_address
 from .outbox import CANCELLABLE, RETRYABLE, STATES, SendOutbox
+from .service import audited
 
 EXIT_SMTP_FAILED = 4
-CLI_ACTOR = {"name": "operator", "person_id": None, "key_id": None, "via": "cli"}
+CLI_ACTOR = Principal.operator(via="cli").actor()
 outbox_cli = AppGroup("outbox", help="The send outbox: status, retry and cancel.")
 
 
@@ -104,6 +106,7 @@ def outbox_retry_command(send_id: str):
     if item is None:
         click.echo(f"error: no send {send_id} in a state that can be retried ({', '.join(RETRYABLE)})", err=True)
         sys.exit(1)
+    audited("send_retry", Principal.operator(via="cli"), details={"send_id": send_id})
     click.echo(f"ok: {send_id} queued again")
 
 
@@ -115,6 +118,7 @@ def outbox_cancel_command(send_id: str):
     if item is None:
         click.echo(f"error: no send {send_id} in a state that can be cancelled ({', '.join(CANCELLABLE)})", err=True)
         sys.exit(1)
+    audited("send_cancel", Principal.operator(via="cli"), details={"send_id": send_id})
     click.echo(f"ok: {send_id} cancelled")
 
 

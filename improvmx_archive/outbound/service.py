@@ -17,6 +17,7 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from .. import threads
+from ..access import audit
 from ..access.principal import Principal
 from ..access.scoped import ScopedArchive
 from ..access.visibility import may_send_as
@@ -190,6 +191,8 @@ class Sending:
             raise unavailable(error) from None
         log.info("send queued send_id=%s kind=%s recipients=%d actor=%s", send_id, kind, len(built.recipients),
                  self.principal.name)
+        audited("send", self.principal, email_ids=[original_id] if original_id else [],
+                details={"send_id": str(send_id), "kind": kind, "recipients": len(built.recipients)})
         return Queued(str(send_id), built.message_id)
 
     # -- the outbox as this principal sees it ------------------------------------------------
@@ -197,6 +200,16 @@ class Sending:
     def owner_filter(self) -> dict[str, Any]:
         """Admins see every send; a member their own."""
         return {} if self.principal.is_admin else {"person_id": self.principal.person_id}
+
+
+def audited(action: str, principal: Principal, **fields) -> None:
+    """An audit entry for a send, retry or cancel that has already happened: if the trail
+    cannot take it, the action stands (answering an error would invite a second send) and
+    the gap is logged."""
+    try:
+        audit.record(action, principal=principal, **fields)
+    except audit.AuditUnavailable:
+        log.error("audit entry for %s not written (MongoDB unavailable); the action stands", action)
 
 
 def unavailable(error: Exception) -> SendRefused:

@@ -16,7 +16,7 @@ from ..errors import ApiError
 from ..outbound import compose
 from ..outbound.compose import SendRefused
 from ..outbound.outbox import CANCELLABLE, RETRYABLE, STATES
-from ..outbound.service import Sending, conversation, present_send, present_thread_item, unavailable
+from ..outbound.service import Sending, audited, conversation, present_send, present_thread_item, unavailable
 from ..ratelimit import configured_limit, limiter
 
 bp = Blueprint("outbound", __name__)
@@ -167,6 +167,7 @@ def outbox_retry(send_id: str):
                                                         g.principal.actor()))
     if changed is None:
         raise ApiError(409, f"A send that is {item['status']} cannot be retried (only {', '.join(RETRYABLE)})")
+    audited("send_retry", g.principal, details={"send_id": send_id, "was": item["status"]})
     return jsonify(success=True, send=present_send(changed))
 
 
@@ -180,6 +181,7 @@ def outbox_cancel(send_id: str):
                                                          g.principal.actor()))
     if changed is None:
         raise ApiError(409, f"A send that is {item['status']} cannot be cancelled (only {', '.join(CANCELLABLE)})")
+    audited("send_cancel", g.principal, details={"send_id": send_id, "was": item["status"]})
     return jsonify(success=True, send=present_send(changed))
 
 

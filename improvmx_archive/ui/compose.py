@@ -14,7 +14,7 @@ from ..errors import ApiError
 from ..outbound import compose
 from ..outbound.compose import Attachment, SendRefused
 from ..outbound.outbox import CANCELLABLE, RETRYABLE
-from ..outbound.service import Sending, conversation, present_send, present_thread_item, unavailable
+from ..outbound.service import Sending, audited, conversation, present_send, present_thread_item, unavailable
 from .blueprint import bp, signed_in
 
 MAX_FILES = 20
@@ -150,6 +150,7 @@ def outbox_action(send_id: str, action: str):
     change = service.outbox.retry if action == "retry" else service.outbox.cancel
     if change(ObjectId(send_id), service.owner_filter(), g.principal.actor()) is None:
         raise ApiError(409, f"A send that is {item['status']} cannot be {'retried' if action == 'retry' else 'cancelled'}.")
+    audited(f"send_{action}", g.principal, details={"send_id": send_id, "was": item["status"]})
     flash("Queued again: it will be sent shortly." if action == "retry" else "Cancelled: it will not be sent.")
     return redirect(url_for("ui.outbox_item", send_id=send_id), code=303)
 

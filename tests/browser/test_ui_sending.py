@@ -67,7 +67,8 @@ def follow(driver, element) -> None:
 
 def wait_sent(driver, timeout=30):
     deadline = time.monotonic() + timeout
-    while "Sent" not in driver.find_element(By.CSS_SELECTOR, ".send .state").text:
+    while "Sent" not in driver.find_element(By.CSS_SELECTOR, ".send .state").text \
+            or not driver.find_elements(By.LINK_TEXT, "The sent message"):  # the copy is stored just after
         assert time.monotonic() < deadline, driver.page_source[:2000]
         time.sleep(0.5)
         driver.refresh()

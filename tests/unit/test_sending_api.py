@@ -241,3 +241,15 @@ def test_passwords_stay_out_of_settings_repr(tmp_path):
     from tests.conftest import make_settings
     settings = make_settings(tmp_path, **SENDING)
     assert "relay-password-123" not in repr(settings)
+
+
+def test_sends_retries_and_cancels_are_in_the_audit_trail(app, client):
+    email_id = store(app)
+    send_id = client.post(f"/emails/{email_id}/reply", headers=AUTH, json={"text": "x"}).json["send_id"]
+    assert client.post(f"/outbox/{send_id}/cancel", headers=AUTH).status_code == 200
+    trail = app.extensions["database"]["audit_trail"]
+    entries = [(e["action"], e.get("details")) for e in trail.find({"action": {"$regex": "^send"}}).sort("_id", 1)]
+    assert entries[0][0] == "send" and entries[0][1]["send_id"] == send_id and entries[0][1]["kind"] == "reply"
+    assert entries[1] == ("send_cancel", {"send_id": send_id, "was": "queued"})
+    sent = trail.find_one({"action": "send"})
+    assert sent["email_ids"] == [email_id]
