@@ -16,6 +16,7 @@ command -v chromium >/dev/null || missing+=(chromium)
 [[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
 [[ -d /usr/share/fonts/truetype/dejavu ]] || missing+=(fonts-dejavu-core)
 command -v mutt >/dev/null || missing+=(mutt)
+command -v openssl >/dev/null || missing+=(openssl)
 if ((${#missing[@]})); then
     echo "==> installing Debian packages: ${missing[*]}"
     sudo_cmd=()

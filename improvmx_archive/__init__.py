@@ -24,11 +24,13 @@ from .errors import register_error_handlers
 from .maintenance import start_background_tasks
 from .metrics import ArchiveGauges, register_metrics
 from .notify import Outbox
+from .outbound.outbox import SendOutbox
 from .ratelimit import register_rate_limits
 from .retention import gauge_reader as retention_gauges
 from .requestlog import configure_logging, register_request_log
 from .routes import audit as audit_routes  # not `audit`: that name is access.audit's
 from .routes import docs, emails, health, transfer, webhook
+from .routes import outbound as outbound_routes
 from .routes import metrics as metrics_routes  # not `metrics`: that name is the metrics module
 from .security import Lockout, register_security
 from .spool import Spool
@@ -79,6 +81,9 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
                                         tombstone_period=timedelta(days=settings.delete_tombstone_days))
     app.extensions["outbox"] = Outbox(database, settings.notify_urls, settings.public_url,
                                       timedelta(hours=settings.notify_max_hours))
+    app.extensions["send_outbox"] = SendOutbox(database, retry_seconds=settings.sending.retry_seconds,
+                                               max_hours=settings.sending.max_hours,
+                                               lease=timedelta(seconds=settings.sending.lease_seconds))
     app.extensions["lockout"] = Lockout(database)
     app.extensions["people"] = People(database)
     app.extensions["keys"] = Keys(database)
@@ -90,11 +95,13 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
     app.extensions["large_bodies"] = LargeBodyGate(settings.spool_dir, settings.large_body_slots,
                                                    settings.large_body_bytes, settings.large_body_wait)
     app.extensions["archive_gauges"] = ArchiveGauges(
-        database, readers=[app.extensions["outbox"].publish_gauges, retention_gauges(database)])
+        database, readers=[app.extensions["outbox"].publish_gauges, retention_gauges(database),
+                           app.extensions["send_outbox"].publish_gauges])
     try:
         app.extensions["archive"].ensure_indexes()
         app.extensions["people"].ensure_indexes()
         app.extensions["keys"].ensure_indexes()
+        app.extensions["send_outbox"].ensure_indexes()
         app.extensions["audit_trail"].ensure_indexes()
     except PyMongoError:
         # An operator command reports this itself at once (cli.require_database), not after a second wait.
@@ -113,6 +120,7 @@ def register_extensions(app: Flask, settings: Settings, mongo_client) -> None:
 def register_blueprints(app: Flask) -> None:
     for module in (health, webhook, emails, transfer, docs, metrics_routes):
         app.register_blueprint(module.bp)
+    app.register_blueprint(outbound_routes.bp)
     app.register_blueprint(audit_routes.bp)
 
 

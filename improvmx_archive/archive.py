@@ -30,6 +30,7 @@ from pymongo.errors import (
 
 from . import blobrefs
 from . import audience
+from . import threads
 from . import delivered
 from .audience import UNRESTRICTED
 from .db import ACKNOWLEDGED, DURABLE, DatabaseUnavailable, create_indexes
@@ -59,6 +60,7 @@ TRANSIENT_CODES = frozenset({6, 7, 89, 91, 134, 189, 262, 9001, 10058, 10107, 11
 TRANSIENT_LABELS = ("RetryableWriteError", "RetryableError", "SystemOverloadedError")
 BODY_INLINE_LIMIT = 1024 * 1024  # larger text/html bodies go to GridFS
 DOCUMENT_LIMIT = 15 * 1024 * 1024  # stay clear of MongoDB's 16 MB document cap
+SENT_SOURCE = "sent"  # a copy of mail sent from the archive (outbound/)
 GC_BATCH = 500  # candidate blobs checked per query of the blob_ids index
 DEFAULT_TOMBSTONE_PERIOD = timedelta(days=7)
 SUMMARY_EXCLUDE = {"text": 0, "html": 0, "headers": 0, "overflow": 0, "bodies": 0, "blob_ids": 0,
@@ -159,11 +161,13 @@ class Archive:
 
     def ingest(self, payload: dict[str, Any], *, email_id: ObjectId | None = None,
                domains: tuple[str, ...] = (), received_at: datetime | None = None,
-               source: str = "webhook") -> IngestResult:
+               source: str = "webhook", sent_by: str | None = None) -> IngestResult:
         """Store one payload (idempotently) and return its id.
 
         `received_at` (default now) and `source` say when and how the message reached the
         archive: an import keeps an old message's own date so listings and retention see it as old.
+        A sent copy (`source="sent"`, outbound/) is seen by its From alias's people and by
+        `sent_by`, the person who sent it, and announces no new mail.
 
         Raises RecipientNotAccepted when `domains` is set and no recipient is in them, and
         DatabaseUnavailable when MongoDB cannot take the write, so the caller can spool the
@@ -171,6 +175,9 @@ class Archive:
         """
         message = normalise(payload)
         message.derived.update(received_at=received_at or datetime.now(timezone.utc), source=source)
+        if source == SENT_SOURCE:
+            message.derived[audience.FIELD] = audience.audience_of(
+                [message.derived["from_email"], *message.derived["recipients"]], sent_by=sent_by)
         if not accepts_domains(message, domains):
             raise RecipientNotAccepted()
         try:
@@ -202,7 +209,7 @@ class Archive:
         if encoded_size > DOCUMENT_LIMIT:
             document = self._fit(document, message, decoded)
         document[blobrefs.FIELD] = blobrefs.referenced_blobs(document)
-        if self.announce_new_mail:
+        if self.announce_new_mail and message.derived["source"] != SENT_SOURCE:
             mark_for_notification(document)
         try:
             self.durable_emails.insert_one(document)
@@ -433,6 +440,10 @@ class Archive:
     def migrate_blob_refs(self, progress=None) -> int:
         """Give documents stored before `blob_ids` existed their array; returns how many."""
         return blobrefs.backfill(self.emails, progress)
+
+    def migrate_threads(self, progress=None) -> int:
+        """Give documents stored before `thread_refs` existed their conversation links."""
+        return threads.backfill(self.emails, progress)
 
     def migrate_audience(self, progress=None) -> int:
         """Give documents stored before `audience` existed their tags; returns how many."""

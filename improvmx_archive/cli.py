@@ -35,6 +35,7 @@ from .mailio import (
 )
 from .maintenance import collect_orphans
 from .notify import masked
+from .outbound.cli import COMMANDS as OUTBOUND_COMMANDS, EXIT_SMTP_FAILED, check_sending_line
 from .sample import payload_from_mime, sample_mime
 
 spool_cli = AppGroup("spool", help="Inspect and replay messages spooled during a MongoDB outage.")
@@ -100,11 +101,16 @@ def needs_database(command):
 @click.command("check")
 @with_appcontext
 def check_command():
-    """Configuration valid (it loaded) and MongoDB reachable; exit 0, or 3 if MongoDB is not."""
+    """Configuration valid (it loaded) and MongoDB reachable; exit 0, or 3 if MongoDB is not;
+    when sending is configured, the relay too (TLS, certificate, login): 4 if it fails."""
     settings = current_app.config["SETTINGS"]
     require_database()
     click.echo(f"ok: configuration valid, MongoDB reachable, database {settings.mongo_db!r}, "
                f"{len(settings.api_keys)} API key(s), spool at {settings.spool_dir}")
+    sending_ok, sending_line = check_sending_line()
+    click.echo(sending_line, err=not sending_ok)
+    if not sending_ok:
+        sys.exit(EXIT_SMTP_FAILED)
 
 
 @click.command("create-indexes")
@@ -509,6 +515,8 @@ def register_commands(app: Flask) -> None:
         app.cli.add_command(command)
     register_access_commands(app)
     app.cli.add_command(audit_cli)
+    for command in OUTBOUND_COMMANDS:
+        app.cli.add_command(command)
 
 
 # --- the audit trail (access/audit.py) ---------------------------------------------------------

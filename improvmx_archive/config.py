@@ -200,6 +200,7 @@ class Settings:
     retention_interval: float = 3600.0  # seconds between retention passes across all hosts
     audit_retention_days: float = 365.0  # audit entries older than this are trimmed; 0: kept forever
     log_level: str = "INFO"
+    sending: "SendingSettings" = field(default_factory=lambda: SendingSettings())
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, dotenv_path: str | None = ".env") -> "Settings":
@@ -274,6 +275,7 @@ class Settings:
             retention_interval=_number(env, "RETENTION_INTERVAL", 3600, 60),
             audit_retention_days=_number(env, "AUDIT_RETENTION_DAYS", 365, 0),
             log_level=log_level,
+            sending=_sending(env),
         )
 
 
@@ -310,3 +312,120 @@ def exit_if_invalid() -> None:
     except ConfigError as error:
         print(error_line(error), file=sys.stderr)
         sys.exit(EXIT_CONFIG_ERROR)
+
+
+# Sending through ImprovMX's SMTP relay (outbound/): off until a host and credentials are set.
+SMTP_SECURITY_MODES = ("starttls", "tls", "plain")
+SMTP_IP_FAMILIES = ("any", "ipv4", "ipv6")
+DEFAULT_SMTP_PORTS = {"starttls": 587, "tls": 465, "plain": 25}
+
+
+@dataclass(frozen=True)
+class SmtpLogin:
+    """One SMTP login. The password is kept out of repr so no log or traceback shows it."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SendingSettings:
+    """SMTP_* and SEND_* settings. `logins` maps an alias (or `@domain`) to its own login
+    from SMTP_CREDENTIALS_FILE; `login` (SMTP_USERNAME/SMTP_PASSWORD) serves every other From."""
+
+    host: str = "smtp.improvmx.com"
+    port: int = 587
+    security: str = "starttls"
+    login: SmtpLogin | None = None
+    logins: dict[str, SmtpLogin] = field(default_factory=dict, repr=False)
+    ip_family: str = "any"
+    ca_file: str = ""
+    connect_timeout: float = 5.0
+    timeout: float = 60.0
+    daily_limit: int = 200
+    retry_seconds: float = 60.0
+    max_hours: float = 48.0
+    max_bytes: int = 20 * MB
+    lease_seconds: float = 600.0  # a sender silent this long is taken for dead (outbound/outbox.py)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host and (self.login or self.logins))
+
+    def login_for(self, address: str) -> SmtpLogin | None:
+        """The login to send From this address: its own, its domain's, else the default."""
+        address = address.strip().lower()
+        domain = "@" + address.rsplit("@", 1)[-1]
+        return self.logins.get(address) or self.logins.get(domain) or self.login
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _smtp_logins(env: dict[str, str]) -> dict[str, SmtpLogin]:
+    """SMTP_CREDENTIALS_FILE: a JSON object {"alias@x.com" or "@x.com": {"username", "password"}}.
+    Errors name the file and the entry, never a password."""
+    path = env.get("SMTP_CREDENTIALS_FILE", "").strip()
+    if not path:
+        return {}
+    import json
+    try:
+        entries = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"SMTP_CREDENTIALS_FILE {path} cannot be read ({error.strerror})") from None
+    except ValueError:
+        raise ConfigError(f"SMTP_CREDENTIALS_FILE {path} is not valid JSON") from None
+    if not isinstance(entries, dict):
+        raise ConfigError("SMTP_CREDENTIALS_FILE must hold a JSON object of address -> {username, password}")
+    logins = {}
+    for address, entry in entries.items():
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) and entry.get(k)
+                                                  for k in ("username", "password")) or "@" not in address:
+            raise ConfigError(f"SMTP_CREDENTIALS_FILE: entry {address!r} needs an address (or @domain) "
+                              "and a non-empty username and password")
+        logins[address.strip().lower()] = SmtpLogin(entry["username"], entry["password"])
+    return logins
+
+
+def _sending(env: dict[str, str]) -> SendingSettings:
+    host = env.get("SMTP_HOST", "").strip() or "smtp.improvmx.com"
+    security = env.get("SMTP_SECURITY", "").strip().lower() or "starttls"
+    if security not in SMTP_SECURITY_MODES:
+        raise ConfigError("SMTP_SECURITY must be starttls or tls")
+    if security == "plain" and not _is_loopback(host):
+        raise ConfigError("SMTP_SECURITY=plain is only allowed for a loopback SMTP_HOST; use starttls or tls")
+    family = env.get("SMTP_IP_FAMILY", "").strip().lower() or "any"
+    if family not in SMTP_IP_FAMILIES:
+        raise ConfigError("SMTP_IP_FAMILY must be any, ipv4 or ipv6")
+    username = env.get("SMTP_USERNAME", "").strip()
+    password = env.get("SMTP_PASSWORD", "")
+    if bool(username) != bool(password):
+        raise ConfigError("SMTP_USERNAME and SMTP_PASSWORD must be set together")
+    ca_file = env.get("SMTP_CA_FILE", "").strip()
+    if ca_file and not Path(ca_file).is_file():
+        raise ConfigError(f"SMTP_CA_FILE {ca_file} is not a readable file")
+    port = int(_number(env, "SMTP_PORT", DEFAULT_SMTP_PORTS[security], 1))
+    if port > 65535:
+        raise ConfigError("SMTP_PORT must be a TCP port (1-65535)")
+    return SendingSettings(
+        host=host,
+        port=port,
+        security=security,
+        login=SmtpLogin(username, password) if username else None,
+        logins=_smtp_logins(env),
+        ip_family=family,
+        ca_file=ca_file,
+        connect_timeout=_number(env, "SMTP_CONNECT_TIMEOUT", 5, 0.5),
+        timeout=_number(env, "SMTP_TIMEOUT", 60, 1),
+        daily_limit=int(_number(env, "SEND_DAILY_LIMIT", 200, 0)),
+        retry_seconds=_number(env, "SEND_RETRY_SECONDS", 60, 1),
+        max_hours=_number(env, "SEND_MAX_HOURS", 48, 0.01),
+        max_bytes=int(_number(env, "SEND_MAX_MB", 20, 0.01) * MB),
+        lease_seconds=_number(env, "SEND_LEASE_SECONDS", 600, 1),
+    )

@@ -41,6 +41,8 @@ EMAIL_INDEXES = [
     IndexModel([("search_pending", ASCENDING)], name="search_pending", sparse=True),
     # Whether anything still references a blob (deletion, orphan collection): blobrefs.py.
     IndexModel([("blob_ids", ASCENDING)], name="by_blob"),
+    # Conversations (threads.py, GET /emails/<id>/thread): the Message-IDs tying mail together.
+    IndexModel([("thread_refs", ASCENDING)], name="by_thread_ref"),
 ]
 # Replaced by by_blob; dropped so no write pays for an index no query uses.
 OBSOLETE_EMAIL_INDEXES = ("attachment_blobs", "inline_blobs", "text_blobs", "html_blobs", "overflow_blobs")

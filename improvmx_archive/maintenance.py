@@ -30,6 +30,7 @@ from .changes import note_change
 from .indexer import SearchIndexer
 from .lease import Lease
 from .notify import Notifier
+from .outbound.sender import Sender
 from .retention import Retention
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,9 @@ class Maintenance:
             log.info("gave %d older message(s) their delivered_to addresses (the UI's aliases)", delivered)
         if tagged or delivered:
             note_change(self.archive.database)  # cached alias lists and per-view figures are stale
+        linked = self.archive.migrate_threads()
+        if linked:
+            log.info("gave %d older message(s) their thread_refs (conversations)", linked)
         self._blob_refs_migrated = True
 
     def index_search(self) -> None:
@@ -263,4 +267,8 @@ def start_background_tasks(app: Flask) -> Maintenance | None:
         notifier = Notifier(app.extensions["outbox"], settings.notify_secret)
         notifier.start()
         app.extensions["notifier"] = notifier
+    if settings.sending.enabled:
+        sender = Sender(archive, app.extensions["send_outbox"], settings.sending)
+        sender.start()
+        app.extensions["sender"] = sender
     return maintenance

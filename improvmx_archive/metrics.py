@@ -61,6 +61,10 @@ RETENTION_LAST_RUN = Gauge("improvmx_retention_last_run_timestamp_seconds",
                            multiprocess_mode="mostrecent")
 RETENTION_LAST_REMOVED = Gauge("improvmx_retention_last_run_deleted",
                                "Messages the last retention pass deleted.", multiprocess_mode="mostrecent")
+# Sending (outbound/): attempts by the state they left the send in, and the outbox by state.
+SENDS = Counter("improvmx_sends", "Send attempts by result (sent, retrying, failed, unknown).", ["result"])
+SEND_QUEUE = Gauge("improvmx_send_queue", "Sends in the outbox by status (queued, sending, retrying, "
+                   "unknown, failed).", ["status"], multiprocess_mode="mostrecent")
 
 
 def multiprocess_dir() -> str | None:

@@ -53,7 +53,8 @@ SEARCH_DESCRIPTION = (
     "body (its first 4,096 characters; the HTML's text when there is no text part) and file names. "
     "invoi* matches a prefix; \"quarterly report\" matches words in order; a leading - negates a word, "
     "phrase or operator. Operators: from:, to: (to, cc, bcc, envelope, Delivered-To), cc:, subject:, body:, "
-    "filename:, message-id:, has:attachment, has:inline, is:processed, is:unprocessed, before:YYYY-MM-DD, "
+    "filename:, message-id:, has:attachment, has:inline, is:processed, is:unprocessed, in:sent, in:inbox, "
+    "before:YYYY-MM-DD, "
     "after:YYYY-MM-DD (received_at, UTC; after: includes the day), larger:10MB, smaller:500KB (K, KB, M, MB; "
     "message size). Values may be quoted: from:\"Acme Billing\". Example: "
     "q=from:acme invoi* has:attachment after:2026-03-01 -is:processed. "
@@ -335,6 +336,7 @@ def build_spec() -> dict[str, Any]:
                                       "content": {"text/plain": {"schema": {"type": "string"}}}},
                               **_error_responses(*AUTH_ERRORS)}}},
             **TRANSFER_PATHS,
+            **SENDING_PATHS,
             **AUDIT_PATHS,
             "/docs": {"get": {"summary": "This documentation as a web page", "security": [],
                               "responses": {"200": {"description": "HTML"}}}},
@@ -342,3 +344,106 @@ def build_spec() -> dict[str, Any]:
                                       "responses": {"200": {"description": "OpenAPI 3.1 JSON"}}}},
         },
     }
+
+
+# Sending (routes/outbound.py): reply, forward, compose, the outbox, conversations.
+_ADDRESSES = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 50}],
+              "description": "\"a@x.com\", \"Name <a@x.com>\" or a list of them; no CR, LF or NUL."}
+_ATTACHMENTS = {"type": "array", "items": {"type": "object", "required": ["content"], "properties": {
+    "filename": {"type": "string"}, "content_type": {"type": "string", "default": "application/octet-stream"},
+    "content": {"type": "string", "contentEncoding": "base64"}}},
+    "description": "Files to attach; their total is limited by SEND_MAX_MB (413)."}
+_QUEUED = {"202": {"description": "Recorded durably with its MIME and Message-ID; the background sender "
+                                  "delivers it (follow it at GET /outbox/{send_id})",
+                   "content": {"application/json": {"schema": {
+                       "type": "object", "required": ["success", "send_id", "message_id", "status"],
+                       "properties": {"success": {"const": True}, "send_id": {"type": "string"},
+                                      "message_id": {"type": "string"}, "status": {"const": "queued"}}}}}},
+           **_error_responses(400, 401, 403, 404, 409, 413, 429, 503)}
+_SEND_DESCRIPTION = (
+    "Needs a key with the `send` scope. Refused before anything is queued: CR/LF/NUL in any header value "
+    "(400), more than 50 recipients (400), From outside DOMINIO or not one the caller may send as (403), "
+    "a message past SEND_MAX_MB (413), SEND_DAILY_LIMIT reached this UTC day (429), sending not configured "
+    "(409), MongoDB unavailable (503: nothing queued).")
+_SEND_STATE = {"type": "object", "properties": {
+    "send_id": {"type": "string"}, "status": {"enum": ["queued", "sending", "sent", "retrying", "failed",
+                                                       "unknown", "cancelled"]},
+    "message_id": {"type": "string"}, "from": {"type": "string"}, "to": {"type": "array"},
+    "cc": {"type": "array"}, "bcc": {"type": "array"}, "subject": {"type": "string"},
+    "kind": {"type": "string"}, "attempts": {"type": "integer"},
+    "last_reply": {"type": ["string", "null"], "description": "The relay's last answer, or what went wrong"},
+    "refused": {"type": "object", "description": "Recipients the relay refused, with its reply"},
+    "next_attempt_at": {"type": ["string", "null"]}, "sent_at": {"type": ["string", "null"]},
+    "archived_email_id": {"type": ["string", "null"], "description": "The sent copy in the archive"}}}
+SEND_ID = _param("send_id", "path", {"type": "string"}, "The send id (from the 202 answer).")
+SENDING_PATHS = {
+    "/emails/{email_id}/reply": {"post": {
+        "summary": "Answer a message (reply or reply-all) from the alias it was addressed to",
+        "description": "To is the original Reply-To or From; all=true adds its To and Cc (without this "
+                       "archive's aliases or repeats). Subject gets one \"Re: \"; In-Reply-To and References "
+                       "follow RFC 5322; the original is quoted below the answer (its HTML sanitised). "
+                       + _SEND_DESCRIPTION,
+        "security": BEARER, "parameters": [EMAIL_ID],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["text"], "additionalProperties": False, "properties": {
+                "text": {"type": "string"}, "html": {"type": "string"}, "all": {"type": "boolean", "default": False},
+                "attachments": _ATTACHMENTS}}}}},
+        "responses": _QUEUED}},
+    "/emails/{email_id}/forward": {"post": {
+        "summary": "Forward a message inline (its parts) or as an attached .eml (message/rfc822)",
+        "description": "From is the alias the message was addressed to unless `from` names another. "
+                       + _SEND_DESCRIPTION,
+        "security": BEARER, "parameters": [EMAIL_ID],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["to"], "additionalProperties": False, "properties": {
+                "to": _ADDRESSES, "cc": _ADDRESSES, "text": {"type": "string"}, "from": {"type": "string"},
+                "as_attachment": {"type": "boolean", "default": False}}}}}},
+        "responses": _QUEUED}},
+    "/send": {"post": {
+        "summary": "Write a new message", "description": "Bcc goes only into the envelope and the sent copy's "
+                                                         "own record, never into a header. " + _SEND_DESCRIPTION,
+        "security": BEARER,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["from", "to", "subject", "text"], "additionalProperties": False,
+            "properties": {"from": {"type": "string"}, "to": _ADDRESSES, "cc": _ADDRESSES, "bcc": _ADDRESSES,
+                           "subject": {"type": "string"}, "text": {"type": "string"}, "html": {"type": "string"},
+                           "attachments": _ATTACHMENTS}}}}},
+        "responses": _QUEUED}},
+    "/outbox": {"get": {
+        "summary": "Sends, newest first (a member sees their own; an admin all)",
+        "security": BEARER,
+        "parameters": [_param("status", "query", {"type": "string"}, "Only sends in this state.")],
+        "responses": {"200": {"description": "Sends and today's count against SEND_DAILY_LIMIT",
+                              "content": {"application/json": {"schema": {"type": "object", "properties": {
+                                  "success": {"const": True}, "count": {"type": "integer"},
+                                  "sends": {"type": "array", "items": _SEND_STATE},
+                                  "sending_enabled": {"type": "boolean"}, "sent_today": {"type": "integer"},
+                                  "daily_limit": {"type": "integer"}}}}}},
+                      **_error_responses(400, *AUTH_ERRORS, 503)}}},
+    "/outbox/{send_id}": {"get": {
+        "summary": "One send: status, attempts, the relay's last reply, refused recipients",
+        "description": "queued -> sending -> sent; 4xx or network trouble -> retrying (SEND_RETRY_SECONDS, then "
+                       "doubling) until SEND_MAX_HOURS -> failed; 5xx -> failed; connection lost after the body "
+                       "-> unknown (never resent unless a person asks: POST .../retry).",
+        "security": BEARER, "parameters": [SEND_ID],
+        "responses": {"200": {"description": "The send", "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"success": {"const": True}, "send": _SEND_STATE}}}}},
+            **_error_responses(*AUTH_ERRORS, 404, 503)}}},
+    "/outbox/{send_id}/retry": {"post": {
+        "summary": "Send again now: a failed or unknown send (a person's decision), or a retrying one sooner",
+        "security": BEARER, "parameters": [SEND_ID],
+        "responses": {"200": {"description": "Queued again"}, **_error_responses(*AUTH_ERRORS, 404, 409, 503)}}},
+    "/outbox/{send_id}/cancel": {"post": {
+        "summary": "Stop a queued, retrying or unknown send",
+        "security": BEARER, "parameters": [SEND_ID],
+        "responses": {"200": {"description": "Cancelled"}, **_error_responses(*AUTH_ERRORS, 404, 409, 503)}}},
+    "/emails/{email_id}/thread": {"get": {
+        "summary": "The conversation a message belongs to, received and sent, oldest first",
+        "description": "Linked by Message-ID, In-Reply-To and References; by subject only for messages that "
+                       "carry none of them. Under the same visibility as the message (404 otherwise).",
+        "security": BEARER, "parameters": [EMAIL_ID],
+        "responses": {"200": {"description": "The messages", "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"success": {"const": True}, "count": {"type": "integer"},
+                                            "emails": {"type": "array", "items": {"type": "object"}}}}}}},
+            **_error_responses(*AUTH_ERRORS, 404)}}},
+}

@@ -17,6 +17,7 @@ from email.utils import getaddresses, parseaddr
 from typing import Any, Callable
 
 from .audience import FIELD as AUDIENCE, audience_of
+from .threads import FIELD as THREAD_REFS, refs_of
 
 # Fields ImprovMX documents; everything else in a payload is kept as an "extra" field.
 KNOWN_FIELDS = (
@@ -350,6 +351,7 @@ def normalise(payload: dict[str, Any]) -> Message:
         AUDIENCE: audience_of(_lower_emails(recipients)),
         "subject_lower": subject_text.lower(),
         "snippet": make_snippet(text, html),
+        THREAD_REFS: refs_of(payload.get("message-id"), headers),
     }
     return Message(fields=fields, extra=extra, parts=parts, derived=derived, flags=flags)
 

@@ -126,7 +126,8 @@ def _negate(condition: dict, negated: bool) -> dict:
 def _operator(name: str, raw: str, negated: bool, search: dict[str, list]) -> None:
     """Add one `name:value` operator to the lists being built for a Search."""
     operator = name.lower()
-    value, _ = _unquote(raw) if operator in ("before", "after", "larger", "smaller", "has", "is") else (raw, False)
+    value, _ = _unquote(raw) if operator in ("before", "after", "larger", "smaller", "has", "is", "in") \
+        else (raw, False)
     value = value.strip()
     if operator in TEXT_FIELDS:
         term = _text_term(raw, TEXT_FIELDS[operator], negated)
@@ -154,6 +155,11 @@ def _operator(name: str, raw: str, negated: bool, search: dict[str, list]) -> No
         if value.lower() not in ("processed", "unprocessed"):
             raise QueryError(f"is: takes 'processed' or 'unprocessed', not '{value}'")
         search["conditions"].append({"processed": (value.lower() == "processed") != negated})
+    elif operator == "in":
+        if value.lower() not in ("sent", "inbox"):
+            raise QueryError(f"in: takes 'sent' (mail sent from the archive) or 'inbox', not '{value}'")
+        sent = (value.lower() == "sent") != negated
+        search["conditions"].append({"source": "sent"} if sent else {"source": {"$ne": "sent"}})
     elif operator in ("before", "after"):
         day = _date(operator, value)
         earlier = (operator == "before") != negated
@@ -165,7 +171,7 @@ def _operator(name: str, raw: str, negated: bool, search: dict[str, list]) -> No
         else:
             search["conditions"].append({"size": {"$gte": size} if negated else {"$lt": size}})
     else:
-        known = ", ".join(sorted([*TEXT_FIELDS, "message-id", "has", "is", "before", "after", "larger", "smaller"]))
+        known = ", ".join(sorted([*TEXT_FIELDS, "message-id", "has", "is", "in", "before", "after", "larger", "smaller"]))
         raise QueryError(f"unknown operator '{name}:' (known: {known}; quote the word to search for it)")
 
 

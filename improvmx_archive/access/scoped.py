@@ -97,7 +97,9 @@ class ScopedArchive:
 
     def part(self, email_id: str, *, name: str | None = None, position: int | None = None):
         record, blob = self.archive.part(email_id, name=name, position=position, within=self.visibility)
-        which = {"position": position} if position is not None else {"name": (name or "")[:audit.MAX_DETAIL_TEXT]}
+        # A position past BSON's 64-bit integers (any path segment of digits) is recorded as text.
+        which = {"position": position if position < 2 ** 63 else str(position)} if position is not None \
+            else {"name": (name or "")[:audit.MAX_DETAIL_TEXT]}
         self._record_one("download", email_id, record is not None, which)
         return record, blob
 

@@ -17,6 +17,7 @@ from flask.sessions import SecureCookieSessionInterface
 from ..config import Settings
 from ..ratelimit import limiter
 from . import auth, inbox, message, overview  # noqa: F401  (their routes join the blueprint)
+from . import compose  # noqa: F401  (reply, forward, compose and outbox pages)
 from . import audit  # noqa: F401  (the Audit page)
 from . import team  # noqa: F401  (account, keys and people pages)
 from .blueprint import bp, csrf

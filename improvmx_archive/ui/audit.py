@@ -11,7 +11,8 @@ from flask import current_app, g, render_template, request, url_for
 from ..access.audit import DEFAULT_PAGE, parse_query
 from .blueprint import bp, signed_in
 
-ACTIONS = ("view", "list", "download", "export", "processed", "hold", "delete", "import", "purge")
+ACTIONS = ("view", "list", "download", "export", "processed", "hold", "delete", "import", "purge",
+           "send", "send_retry", "send_cancel")
 
 
 @bp.get("/audit")

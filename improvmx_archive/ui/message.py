@@ -37,7 +37,7 @@ TABS = ("html", "text", "headers", "source")
 def clean_html(*args, **kwargs):
     """sanitize.clean_html, imported by the first message a worker shows: the sanitiser's
     libraries (nh3, css-inline, ~3.5 MiB) stay out of workers that only store mail."""
-    from .sanitize import clean_html as sanitise
+    from ..sanitize import clean_html as sanitise
 
     return sanitise(*args, **kwargs)
 SOURCE_SHOWN = 256 * 1024  # bytes of the rebuilt .eml the Source tab shows; the button downloads all

@@ -22,7 +22,7 @@ from devtools import browser
 from improvmx_archive import create_app
 from improvmx_archive.sample import payload_from_mime, sample_mime
 from improvmx_archive.ui import message as message_view
-from improvmx_archive.ui.sanitize import CleanedHtml
+from improvmx_archive.sanitize import CleanedHtml
 from tests.browser.test_ui_browser import QUIET_SECONDS, hostile_payload, sign_in, wait
 from tests.conftest import make_settings
 from tests.browser.conftest import API_KEY

@@ -523,6 +523,9 @@ class _ArchiveOnMongomock:
     def migrate_audience(self):
         return 0
 
+    def migrate_threads(self):
+        return 0
+
     def migrate_delivered_to(self):
         return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from improvmx_archive.ui.sanitize import clean_html, clean_style
+from improvmx_archive.sanitize import clean_html, clean_style
 
 INLINE = "https://archive.test/ui/emails/E/inline/G/3"
 

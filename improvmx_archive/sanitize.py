@@ -1,4 +1,6 @@
-"""Clean a sender's HTML before it is shown: the first of the UI's layers against hostile mail.
+"""Clean a sender's HTML before it is shown (the UI's message frame) or quoted in a reply
+(outbound/): the first of the layers against hostile mail. It lives outside ui/ so sending
+uses the very same cleaning without an import cycle.
 
 A `<style>` block is first folded into the elements' style attributes by css-inline, with
 remote and local stylesheets never loaded, so a newsletter keeps its look; the attributes
