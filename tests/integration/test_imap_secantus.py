@@ -4,6 +4,7 @@ certificate, over SecantusDB, read by real clients (imapclient, mbsync, mutt, cu
 from __future__ import annotations
 
 import email
+import imaplib
 import os
 import shutil
 import ssl
@@ -91,13 +92,20 @@ class Stack:
     def deliver(self, raw: bytes) -> str:
         response = self.client.post("/webhook", json=payload_from_mime(raw))
         assert response.status_code == 200, response.get_data(as_text=True)
-        return response.get_json()["id"] if "id" in (response.get_json() or {}) else None
+        return response.get_json()["email_id"]
 
     def index(self):
         SearchIndexer(self.app.extensions["archive"]).index_pending(lambda: False)
 
     def wait_numbered(self):
-        wait_until(lambda: self.database.emails.count_documents({"imap_uid": None}) == 0, message="numbering")
+        """Every message numbered and its UID published (visible_through)."""
+        def published():
+            if self.database.emails.count_documents({"imap_uid": None}):
+                return False
+            top = self.database.emails.find_one({}, {"imap_uid": 1}, sort=[("imap_uid", -1)])
+            state = self.database.imap_state.find_one({"_id": "numbering"}) or {}
+            return top is None or state.get("visible_through", 0) >= top["imap_uid"]
+        wait_until(published, message="numbering")
 
     def imap(self, user: str = "operator", password: str = API_KEY) -> IMAPClient:
         connection = IMAPClient("localhost", port=self.port, ssl=True, ssl_context=self.context, timeout=30)
@@ -145,3 +153,182 @@ def test_select_and_status_answer_every_field(filled):
         assert b"\\Seen" in selected[b"PERMANENTFLAGS"]
         assert selected[b"RECENT"] == 0
         assert imap.select_folder(f"support@{DOMAIN}", readonly=True)[b"EXISTS"] == 4
+
+
+def _ids_by_uid(stack) -> dict[int, str]:
+    return {document["imap_uid"]: str(document["_id"])
+            for document in stack.database.emails.find({}, {"imap_uid": 1})}
+
+
+def test_uids_are_stable_across_reconnects_and_a_restart_and_new_mail_goes_above(filled):
+    with filled.imap() as imap:
+        imap.select_folder("INBOX", readonly=True)
+        first = imap.fetch(imap.search("ALL"), ["UID", "RFC822.SIZE"])
+        validity = imap.folder_status("INBOX", ["UIDVALIDITY"])[b"UIDVALIDITY"]
+    uids = sorted(first)
+    assert uids == sorted(set(uids)) and len(uids) == 12
+    with filled.imap() as imap:
+        imap.select_folder("INBOX", readonly=True)
+        assert sorted(imap.search("ALL")) == uids
+    filled.server.stop()
+    # An import with an old date arrives while the server is down: it still numbers above.
+    old = _mime(99, f"sales@{DOMAIN}").replace(b"Subject:", b"Received: from x by y; Mon, 1 Jan 2001 00:00:00 +0000\r\nSubject:", 1)
+    response = filled.client.post("/import", data=old, headers={"Authorization": f"Bearer {API_KEY}",
+                                                                 "Content-Type": "message/rfc822"})
+    assert response.status_code in (200, 201), response.get_data(as_text=True)
+    filled.start()
+    filled.wait_numbered()
+    with filled.imap() as imap:
+        selected = imap.select_folder("INBOX", readonly=True)
+        assert selected[b"UIDVALIDITY"] == validity
+        now = sorted(imap.search("ALL"))
+        assert now[:12] == uids and len(now) == 13 and now[12] > uids[-1]
+        assert selected[b"UIDNEXT"] > now[-1]
+
+
+def test_body_equals_raw_download_and_size_and_partial_fetches(filled):
+    by_uid = _ids_by_uid(filled)
+    with filled.imap() as imap:
+        imap.select_folder("INBOX", readonly=True)
+        fetched = imap.fetch(imap.search("ALL"), ["RFC822.SIZE", "BODY.PEEK[]", "INTERNALDATE", "FLAGS"])
+        for uid, data in fetched.items():
+            raw = filled.raw(by_uid[uid])
+            assert data[b"BODY[]"] == raw
+            assert data[b"RFC822.SIZE"] == len(raw)
+            assert data[b"FLAGS"] == ()
+        again = imap.fetch(imap.search("ALL"), ["BODY.PEEK[]"])
+        assert {uid: data[b"BODY[]"] for uid, data in again.items()} == \
+            {uid: data[b"BODY[]"] for uid, data in fetched.items()}
+        uid = sorted(fetched)[1]
+        whole = fetched[uid][b"BODY[]"]
+        partial = imap.fetch([uid], ["BODY.PEEK[]<10.50>"])[uid]
+        assert partial[b"BODY[]<10>"] == whole[10:60]
+        header = imap.fetch([uid], ["BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)]"])[uid]
+        value = next(v for k, v in header.items() if k.startswith(b"BODY[HEADER.FIELDS"))
+        assert value.startswith((b"From:", b"Subject:")) and value.endswith(b"\r\n\r\n")
+        parsed = email.message_from_bytes(whole)
+        structure = imap.fetch([uid], ["BODYSTRUCTURE", "ENVELOPE"])[uid]
+        assert structure[b"ENVELOPE"].subject.decode() == parsed["Subject"]
+        assert structure[b"BODYSTRUCTURE"].is_multipart == parsed.is_multipart()
+        if parsed.is_multipart():
+            first = imap.fetch([uid], ["BODY.PEEK[1]"])[uid][b"BODY[1]"]
+            assert first in whole
+
+
+def test_search_finds_what_the_api_search_finds(filled):
+    by_uid = _ids_by_uid(filled)
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+
+    def api(q: str) -> set[str]:
+        response = filled.client.get("/emails", query_string={"q": q, "limit": 100}, headers=auth)
+        return {email["id"] for email in response.get_json()["emails"]}
+
+    with filled.imap() as imap:
+        imap.select_folder("INBOX", readonly=True)
+        cases = [(["SUBJECT", "quarterly"], "subject:quarterly"), (["BODY", "pineapple"], "body:pineapple"),
+                 (["TEXT", "banana"], "banana"), (["FROM", "sender2@example.org"], 'from:"sender2@example.org"'),
+                 (["TO", f"support@{DOMAIN}"], f'to:"support@{DOMAIN}"'), (["CC", f"team@{DOMAIN}"], f'cc:"team@{DOMAIN}"'),
+                 (["NOT", "SUBJECT", "quarterly"], "-subject:quarterly")]
+        for keys, q in cases:
+            found = {by_uid[uid] for uid in imap.search(keys)}
+            assert found == api(q) and found, (keys, q)
+        either = {by_uid[uid] for uid in imap.search(["OR", "BODY", "pineapple", "SUBJECT", "quarterly"])}
+        assert either == api("body:pineapple") | api("subject:quarterly")
+        assert len(imap.search(["SINCE", "1-Jan-2000"])) == 12
+        assert imap.search(["BEFORE", "1-Jan-2000"]) == []
+        uids = sorted(imap.search("ALL"))
+        assert sorted(imap.search(["UID", f"{uids[2]}:{uids[4]}"])) == uids[2:5]
+        sizes = imap.fetch(imap.search("ALL"), ["RFC822.SIZE"])
+        median = sorted(data[b"RFC822.SIZE"] for data in sizes.values())[6]
+        assert sorted(imap.search(["LARGER", str(median)])) == sorted(
+            uid for uid, data in sizes.items() if data[b"RFC822.SIZE"] > median)
+        assert sorted(imap.search(["SMALLER", str(median)])) == sorted(
+            uid for uid, data in sizes.items() if data[b"RFC822.SIZE"] < median)
+
+
+def _raw(imap: IMAPClient, command: str, *args: str):
+    """A command imapclient lacks (MOVE without the capability), raising on NO like it does."""
+    imaplib.Commands.setdefault("MOVE", ("SELECTED",))
+    kind, data = imap._imap._simple_command(command, *args)
+    if kind != "OK":
+        raise IMAPClientError(b" ".join(d for d in data if isinstance(d, bytes)).decode())
+    return data
+
+
+def test_seen_is_per_person_and_the_only_change_a_client_makes(filled):
+    people, keys = filled.app.extensions["people"], filled.app.extensions["keys"]
+    tokens = {}
+    for name in ("ann", "bob"):
+        person = people.add(name, f"{name}@people.test", role="admin")
+        tokens[name], _ = keys.create(str(person["_id"]), "mail", ["imap"])
+    with filled.imap(f"ann@people.test", tokens["ann"]) as ann:
+        ann.select_folder("INBOX")
+        uids = sorted(ann.search("ALL"))
+        ann.fetch(uids[:2], ["BODY[]"])  # not PEEK: marks \\Seen
+        ann.add_flags(uids[2:3], [b"\\Seen"])
+        assert sorted(ann.search("SEEN")) == uids[:3]
+        assert len(ann.search("UNSEEN")) == 9
+        assert ann.folder_status("INBOX", ["UNSEEN"])[b"UNSEEN"] == 9
+        ann.remove_flags(uids[2:3], [b"\\Seen"])
+        assert sorted(ann.search("SEEN")) == uids[:2]
+        for write in (lambda: ann.add_flags(uids[:1], [b"\\Flagged"]), lambda: ann.delete_messages(uids[:1]),
+                      lambda: ann.expunge(), lambda: ann.copy(uids[:1], "Sent"),
+                      lambda: _raw(ann, "UID", "MOVE", str(uids[0]), "Sent"), lambda: _raw(ann, "MOVE", "1", "Sent"),
+                      lambda: ann.append("INBOX", b"Subject: x\r\n\r\nbody\r\n"),
+                      lambda: ann.create_folder("New"), lambda: ann.delete_folder(f"sales@{DOMAIN}"),
+                      lambda: ann.rename_folder(f"sales@{DOMAIN}", "Old")):
+            with pytest.raises(IMAPClientError) as refused:
+                write()
+            assert "read-only" in str(refused.value).lower(), refused.value
+            ann.noop()  # the connection stays usable
+        assert len(ann.search("ALL")) == 12
+    with filled.imap("bob@people.test", tokens["bob"]) as bob:
+        bob.select_folder("INBOX")
+        assert bob.search("SEEN") == []
+    assert filled.database.emails.count_documents({}) == 12
+
+
+def test_idle_and_noop_see_a_new_webhook_delivery(filled):
+    with filled.imap() as imap:
+        imap.select_folder(f"sales@{DOMAIN}", readonly=True)
+        before = len(imap.search("ALL"))
+        imap.idle()
+        filled.deliver(_mime(50, f"sales@{DOMAIN}"))
+        responses = imap.idle_check(timeout=DEADLINE)
+        deadline = time.monotonic() + DEADLINE
+        while not any(r[1] == b"EXISTS" for r in responses if len(r) > 1) and time.monotonic() < deadline:
+            responses = imap.idle_check(timeout=DEADLINE)
+        imap.idle_done()
+        assert (before + 1, b"EXISTS") in responses
+        filled.deliver(_mime(51, f"sales@{DOMAIN}"))
+        wait_until(lambda: (imap.noop()[1] and False) or len(imap.search("ALL")) == before + 2, message="NOOP")
+
+
+def test_access_matrix_over_imap(filled):
+    people, keys = filled.app.extensions["people"], filled.app.extensions["keys"]
+    member = people.add("mia", "mia@people.test")
+    people.grant("mia", [f"support@{DOMAIN}"])
+    token, record = keys.create(str(member["_id"]), "phone", ["imap"])
+    read_only, _ = keys.create(str(member["_id"]), "api", ["read"])
+    support = {str(d["_id"]) for d in filled.database.emails.find({"audience": f"support@{DOMAIN}"}, {"_id": 1})}
+    by_uid = _ids_by_uid(filled)
+    with filled.imap("mia@people.test", token) as imap:
+        folders = {name for _, _, name in imap.list_folders()}
+        assert f"sales@{DOMAIN}" not in folders and f"support@{DOMAIN}" in folders
+        for folder in folders:
+            imap.select_folder(folder, readonly=True)
+            seen = {by_uid[uid] for uid in imap.search("ALL")}
+            assert seen <= support, folder
+        imap.select_folder("INBOX", readonly=True)
+        assert {by_uid[uid] for uid in imap.search("ALL")} == support
+        assert imap.fetch([max(by_uid)], ["BODY.PEEK[]"]) == {} or max(by_uid) in {
+            uid for uid in by_uid if by_uid[uid] in support}
+        with pytest.raises(IMAPClientError):
+            imap.select_folder(f"sales@{DOMAIN}")
+    with pytest.raises(LoginError):
+        filled.imap("mia@people.test", read_only)
+    with pytest.raises(LoginError):
+        filled.imap("someone@people.test", token)
+    keys.revoke(record["_id"])
+    with pytest.raises(LoginError):
+        filled.imap("mia@people.test", token)
