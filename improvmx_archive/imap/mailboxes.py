@@ -24,6 +24,8 @@ from .numbering import SENT_SOURCE, SIZE_FIELD, UID_FIELD, cached_size, known_al
 INBOX = "INBOX"
 SENT = "Sent"
 SEEN = "imap_seen"
+# Mailboxes are flat (each \HasNoChildren); "/" is the delimiter clients expect. Alias names
+# keep their dots: mutt treats "." as a delimiter unless told `set imap_delim_chars=/`.
 DELIMITER = "/"
 META_FIELDS = {"_id": 1, UID_FIELD: 1, "received_at": 1, SIZE_FIELD: 1}
 

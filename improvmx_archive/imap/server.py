@@ -138,6 +138,7 @@ class ArchiveIMAPServer(IMAP4Server):
     def dispatchCommand(self, tag, cmd, rest, uid=None):
         name = cmd.decode("ascii", "replace").upper()
         COMMANDS.labels(command=name if name in KNOWN_COMMANDS else "OTHER").inc()
+        log.debug("imap: %s %s", name, (rest or b"")[:200] if name not in ("LOGIN", "AUTHENTICATE") else b"...")
         return super().dispatchCommand(tag, cmd, rest, uid)
 
     # -- running work off the reactor -----------------------------------------------------
@@ -260,7 +261,7 @@ class ArchiveIMAPServer(IMAP4Server):
             else:
                 matcher = wildcardToRegexp(reference + pattern, DELIMITER)
                 for box in boxes:
-                    if matcher.match(box.name) or (box.name == INBOX and matcher.match("inbox")):
+                    if matcher.fullmatch(box.name) or (box.name == INBOX and matcher.fullmatch("inbox")):
                         attributes = ("\\HasNoChildren", *box.attributes)
                         self.sendUntaggedResponse(collapseNestedLists([
                             DontQuoteMe(command), [DontQuoteMe(a.encode()) for a in attributes], DELIMITER.encode(),

@@ -6,6 +6,9 @@ from __future__ import annotations
 import email
 import imaplib
 import os
+import pty
+import select
+import signal
 import shutil
 import ssl
 import subprocess
@@ -79,7 +82,8 @@ class Stack:
         return {"API_KEY": API_KEY, "MONGO_URI": self.uri, "MONGO_DB": self.database_name,
                 "RATELIMIT_STORAGE_URI": "memory://", "SPOOL_DIR": str(self.tmp_path / "spool"),
                 "IMAP_TLS_CERT": str(self.cert), "IMAP_TLS_KEY": str(self.key),
-                "IMAP_NUMBER_INTERVAL": "0.5", "IMAP_POLL_INTERVAL": "1", "DOMINIO": DOMAIN}
+                "IMAP_NUMBER_INTERVAL": "0.5", "IMAP_POLL_INTERVAL": "1", "DOMINIO": DOMAIN,
+                "LOG_LEVEL": "DEBUG"}
 
     def start(self):
         self.server = processes.imap_server(self.env(), self.tmp_path / "imap.log", self.port).start()
@@ -332,3 +336,118 @@ def test_access_matrix_over_imap(filled):
     keys.revoke(record["_id"])
     with pytest.raises(LoginError):
         filled.imap("mia@people.test", token)
+
+
+def mbsync_config(stack, maildir: Path, user: str = "operator", password: str = API_KEY) -> Path:
+    config = stack.tmp_path / "mbsyncrc"
+    config.write_text(f"""IMAPAccount archive
+Host localhost
+Port {stack.port}
+User {user}
+Pass {password}
+SSLType IMAPS
+CertificateFile {stack.cert}
+PipelineDepth 50
+
+IMAPStore archive-far
+Account archive
+
+MaildirStore archive-near
+Path {maildir}/
+Inbox {maildir}/INBOX
+SubFolders Verbatim
+
+Channel archive
+Far :archive-far:
+Near :archive-near:
+Patterns *
+Create Near
+Sync Pull
+SyncState *
+""")
+    return config
+
+
+def run_mbsync(config: Path) -> str:
+    done = subprocess.run(["mbsync", "-c", str(config), "-a"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def maildir_messages(folder: Path) -> list[bytes]:
+    """Each message's bytes as mbsync stored them, less its own X-TUID bookkeeping header."""
+    found = []
+    for path in sorted([*folder.glob("cur/*"), *folder.glob("new/*")]):
+        data = path.read_bytes()
+        found.append(b"".join(line for line in data.splitlines(keepends=True) if not line.startswith(b"X-TUID: ")))
+    return found
+
+
+def test_mbsync_pulls_every_mailbox_identical_to_the_api_and_a_second_run_moves_nothing(filled):
+    maildir = filled.tmp_path / "Mail"
+    maildir.mkdir()
+    config = mbsync_config(filled, maildir)
+    run_mbsync(config)
+    by_uid = _ids_by_uid(filled)
+    with filled.imap() as imap:
+        for _, _, folder in imap.list_folders():
+            imap.select_folder(folder, readonly=True)
+            expected = sorted(filled.raw(by_uid[uid]).replace(b"\r\n", b"\n") for uid in imap.search("ALL"))
+            assert sorted(maildir_messages(maildir / folder)) == expected, folder
+    before = {path: path.stat().st_mtime_ns for path in maildir.rglob("*") if path.is_file()
+              and ".mbsyncstate" not in path.name and ".uidvalidity" not in path.name}
+    second = run_mbsync(config)
+    after = {path: path.stat().st_mtime_ns for path in maildir.rglob("*") if path.is_file()
+             and ".mbsyncstate" not in path.name and ".uidvalidity" not in path.name}
+    assert after == before, second
+
+
+def test_mutt_reads_a_mailbox_in_batch_mode(filled):
+    """mutt opens an alias mailbox over IMAPS in a pseudo-terminal, pipes every message to a
+    collecting script and quits; its input is all pushed up front, so nothing races."""
+    collected = filled.tmp_path / "mutt-subjects.txt"
+    script = filled.tmp_path / "collect.sh"
+    script.write_text(f"#!/bin/sh\ngrep -m1 '^Subject:' >> {collected}\n")
+    script.chmod(0o755)
+    trusted = filled.tmp_path / "mutt-certs"
+    shutil.copy(filled.cert, trusted)
+    command = [shutil.which("mutt"), "-n", "-F", "/dev/null", "-R",
+               "-f", f"imaps://operator@localhost:{filled.port}/support@{DOMAIN}",
+               "-e", f"set imap_pass='{API_KEY}' certificate_file='{trusted}' ssl_verify_host=no "
+                     f"folder='{filled.tmp_path}' imap_delim_chars=/ header_cache='' message_cachedir='' pipe_split=yes wait_key=no auto_tag=yes "
+                     "sort=mailbox-order status_format='count=%m'",
+               "-e", f'push "<tag-pattern>~A<enter><pipe-message>{script}<enter><quit>"']
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: mutt, in the pseudo-terminal
+        os.environ["TERM"] = "xterm"
+        os.environ["HOME"] = str(filled.tmp_path)
+        os.execv(command[0], command)
+    screen, deadline = b"", time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if not ready:
+            continue
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        screen += data
+    else:
+        os.kill(pid, signal.SIGKILL)
+    os.close(fd)
+    os.waitpid(pid, 0)
+    text = screen.decode(errors="replace")
+    assert "count=4" in text, text[-2000:]
+    subjects = sorted(line.split(":", 1)[1].strip() for line in collected.read_text().splitlines())
+    assert subjects == sorted(f"Report {n:03d} {'quarterly' if n % 3 == 0 else 'weekly'}" for n in range(0, 12, 3)), \
+        text[-3000:]
+
+
+def test_curl_lists_the_mailboxes(filled):
+    done = subprocess.run(["curl", "--silent", "--show-error", "--cacert", str(filled.cert),
+                           "--user", f"operator:{API_KEY}", f"imaps://localhost:{filled.port}/"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "INBOX" in done.stdout and f"sales@{DOMAIN}" in done.stdout and "\\Sent" in done.stdout
