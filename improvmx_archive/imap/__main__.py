@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 
 # One process, one registry: never the gunicorn workers' multiprocess directory.
@@ -81,6 +82,18 @@ class NumberingLoop:
         self.running = False
 
 
+def notify_ready() -> None:
+    """Tell systemd (Type=notify) the ports are open, so `systemctl start` returns then."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.connect(address)
+        notify.sendall(b"READY=1")
+
+
 def main() -> int:
     try:
         settings = Settings.from_env()
@@ -116,6 +129,7 @@ def main() -> int:
     numbering = NumberingLoop(Numbering(archive, settings.domains))
     LoopingCall(numbering.tick).start(imap.number_interval, now=True)
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(tls.reload))
+    reactor.callWhenRunning(notify_ready)
     reactor.run()
     return 0
 

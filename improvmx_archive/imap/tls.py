@@ -13,6 +13,8 @@ from pathlib import Path
 
 from cryptography import x509
 from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface import implementer
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,10 @@ def certificate_expiry(cert: Path) -> datetime:
     return certificate.not_valid_after_utc.astimezone(timezone.utc)
 
 
+@implementer(IOpenSSLServerConnectionCreator)
 class ReloadingContextFactory:
-    """An old-style Twisted context factory whose context a reload() replaces."""
+    """Twisted's TLS connection creator (and old-style context factory, for STARTTLS) whose
+    context a reload() replaces."""
 
     def __init__(self, cert: Path, key: Path):
         self.cert = cert
@@ -43,6 +47,9 @@ class ReloadingContextFactory:
 
     def getContext(self) -> SSL.Context:
         return self._context
+
+    def serverConnectionForTLS(self, tls_protocol) -> SSL.Connection:
+        return SSL.Connection(self._context, None)
 
     def reload(self) -> bool:
         try:
