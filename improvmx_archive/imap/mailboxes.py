@@ -73,12 +73,14 @@ class Reader:
 
     def query(self, box: MailboxSpec, through: int, extra: list[dict[str, Any]] | None = None,
               low: int = 1) -> dict[str, Any]:
+        """The mailbox's published messages (UIDs low..through) meeting extra; ScopedArchive
+        adds the visibility rule when it runs the query."""
         conditions = [box.condition] if box.condition else []
         conditions += extra or []
         query: dict[str, Any] = {UID_FIELD: {"$gte": low, "$lte": through}}
         if conditions:
             query["$and"] = conditions
-        return self.scoped.scope(query)
+        return query
 
     def hint(self, box: MailboxSpec) -> str:
         """imap_audience_uid when an audience tag bounds the scan, else imap_uid."""
@@ -87,20 +89,20 @@ class Reader:
     def uids(self, box: MailboxSpec, through: int, low: int = 1) -> array:
         """Every UID in the mailbox, ascending: the session's sequence-number map."""
         found = array("Q")
-        cursor = (self.archive.emails.find(self.query(box, through, low=low), {UID_FIELD: 1, "_id": 0})
+        cursor = (self.scoped.find_summaries(self.query(box, through, low=low), {UID_FIELD: 1, "_id": 0})
                   .sort(UID_FIELD, ASCENDING).hint(self.hint(box)))
         found.extend(document[UID_FIELD] for document in cursor)
         return found
 
     def uids_matching(self, box: MailboxSpec, through: int, condition: dict[str, Any]) -> list[int]:
         """SEARCH: the UIDs of the mailbox's messages that meet condition, in one query."""
-        cursor = (self.archive.emails.find(self.query(box, through, [condition] if condition else None),
-                                           {UID_FIELD: 1, "_id": 0})
+        cursor = (self.scoped.find_summaries(self.query(box, through, [condition] if condition else None),
+                                             {UID_FIELD: 1, "_id": 0})
                   .sort(UID_FIELD, ASCENDING).hint(self.hint(box)))
         return [document[UID_FIELD] for document in cursor]
 
     def count(self, box: MailboxSpec, through: int, extra=None) -> int:
-        return self.archive.emails.count_documents(self.query(box, through, extra), hint=self.hint(box))
+        return self.scoped.count(self.query(box, through, extra))
 
     def status(self, box: MailboxSpec) -> dict[str, int]:
         validity, through = self.uidvalidity()
@@ -119,7 +121,7 @@ class Reader:
             return {}
         found = {}
         query = self.query(box, through, [{UID_FIELD: {"$in": list(uids)}}])
-        for document in self.archive.emails.find(query, META_FIELDS).hint(self.hint(box)):
+        for document in self.scoped.find_summaries(query, META_FIELDS).hint(self.hint(box)):
             size = cached_size(document)
             if size is None:
                 size = rebuilt_size(self.scoped, self.archive.emails, document)

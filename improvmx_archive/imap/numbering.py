@@ -29,7 +29,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from .. import mailio
@@ -109,7 +109,6 @@ class Numbering:
         self.archive = archive
         self.database = archive.database
         self.emails = archive.emails
-        self.durable = archive.database.get_collection("emails", write_concern=DURABLE)
         self.state = archive.database.get_collection(STATE, write_concern=DURABLE)
         self.lease = Lease(archive.database, NUMBERING_LEASE)
         self.domains = tuple(domains)
@@ -151,9 +150,11 @@ class Numbering:
         reserved = self.state.find_one_and_update({"_id": STATE_ID}, {"$inc": {"next_uid": len(batch)}},
                                                   return_document=ReturnDocument.BEFORE)
         first = reserved["next_uid"]
-        writes = [UpdateOne({"_id": document["_id"], UID_FIELD: None}, {"$set": {UID_FIELD: first + offset}})
-                  for offset, document in enumerate(batch)]
-        result = self.durable.bulk_write(writes, ordered=True)
+        numbered = 0
+        for offset, document in enumerate(batch):  # one at a time, ascending: never n+1 before n
+            numbered += self.emails.update_one({"_id": document["_id"], UID_FIELD: None},
+                                               {"$set": {UID_FIELD: first + offset}}).modified_count
+        # Durable (journaled, majority): on its way it makes the acknowledged UID writes durable too.
         self.state.update_one({"_id": STATE_ID}, {"$max": {"visible_through": first + len(batch) - 1}})
         self._register_aliases(batch)
         for document in batch:
@@ -162,7 +163,7 @@ class Numbering:
                     rebuilt_size(self.archive, self.emails, document)
                 except Exception:  # noqa: BLE001 - FETCH computes it later; numbering goes on
                     log.exception("imap: size of message %s not computed", document["_id"])
-        return result.modified_count
+        return numbered
 
     def _register_aliases(self, batch: list[dict[str, Any]]) -> None:
         """The archive's own addresses (in DOMINIO when set) among these recipients."""

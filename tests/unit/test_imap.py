@@ -1,0 +1,180 @@
+"""The IMAP view's parts on mongomock: numbering, mailboxes per person, SEARCH compilation,
+sections of a rebuilt message, logins, settings. The protocol itself is tested from
+outside with real clients (tests/integration/test_imap_secantus.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from email.message import EmailMessage
+from email.utils import format_datetime
+
+import pytest
+from twisted.mail.imap4 import _FetchParser
+
+from improvmx_archive.access.principal import Principal
+from improvmx_archive.access.scoped import ScopedArchive
+from improvmx_archive.config import ConfigError, ImapSettings
+from improvmx_archive.imap.login import LoginRefused, check_login
+from improvmx_archive.imap.mailboxes import Reader
+from improvmx_archive.imap.message import RawPart, fetch_items
+from improvmx_archive.imap.numbering import Numbering, cached_size, ensure_indexes, numbering_state
+from improvmx_archive.imap.search import NOTHING, SearchCompiler, SearchError
+from improvmx_archive.listing import Filters
+from improvmx_archive.sample import payload_from_mime
+from tests.conftest import API_KEY
+
+DOMAIN = "archive.test"
+
+
+def _payload(number: int, to: str, attachment: bool = False) -> dict:
+    message = EmailMessage()
+    message["From"] = f"sender{number}@example.org"
+    message["To"] = to
+    message["Subject"] = f"Subject {number}"
+    message["Date"] = format_datetime(datetime(2025, 1, 1, tzinfo=timezone.utc))
+    message.set_content(f"Body {number}")
+    if attachment:
+        message.add_attachment(b"\x00\x01" * 100, maintype="application", subtype="octet-stream",
+                               filename="Data File.BIN")
+    return payload_from_mime(message.as_bytes())
+
+
+@pytest.fixture
+def archive(app):
+    archive = app.extensions["archive"]
+    ensure_indexes(archive.database)
+    return archive
+
+
+def _store(archive, number: int, to: str, received_at: datetime, **options) -> str:
+    return archive.ingest(_payload(number, to, **options), received_at=received_at).email_id
+
+
+def test_numbering_is_ascending_by_arrival_and_new_mail_always_numbers_higher(archive):
+    start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    later = _store(archive, 1, f"a@{DOMAIN}", start + timedelta(days=2))
+    earlier = _store(archive, 2, f"b@{DOMAIN}", start + timedelta(days=1))
+    numbering = Numbering(archive, (DOMAIN,))
+    assert numbering.number_pending() == 2
+    uids = {str(d["_id"]): d["imap_uid"] for d in archive.emails.find({}, {"imap_uid": 1})}
+    assert uids[earlier] < uids[later]
+    state = numbering_state(archive.database)
+    assert state["visible_through"] == max(uids.values()) and state["next_uid"] > max(uids.values())
+    # An import with a date older than everything still numbers above all existing UIDs.
+    imported = _store(archive, 3, f"a@{DOMAIN}", start - timedelta(days=3650))
+    assert numbering.number_pending() == 1
+    assert archive.emails.find_one({"_id": archive.emails.find_one({"imap_uid": {"$gt": uids[later]}})["_id"]})
+    assert str(archive.emails.find_one({"imap_uid": {"$gt": uids[later]}})["_id"]) == imported
+    assert numbering.number_pending() == 0
+    # Sizes are cached for the current rebuild and equal the rebuilt bytes' length.
+    for document in archive.emails.find({}):
+        rebuilt = b"".join(ScopedArchive(archive, Principal.operator()).rebuild(str(document["_id"])))
+        assert cached_size(document) == len(rebuilt)
+    assert sorted(d["_id"] for d in archive.database.imap_aliases.find()) == [f"a@{DOMAIN}", f"b@{DOMAIN}"]
+
+
+def test_a_member_sees_only_mailboxes_and_messages_of_their_grants(archive):
+    now = datetime.now(timezone.utc)
+    _store(archive, 1, f"sales@{DOMAIN}", now)
+    support = _store(archive, 2, f"support@{DOMAIN}", now)
+    Numbering(archive, (DOMAIN,)).number_pending()
+    member = Principal(name="mia", role="member", person_id="p1", email="mia@x.test", grants=(f"support@{DOMAIN}",))
+    reader = Reader(archive, member)
+    names = [box.name for box in reader.mailboxes()]
+    assert names == ["INBOX", f"support@{DOMAIN}", "Sent"]
+    assert reader.mailbox(f"sales@{DOMAIN}") is None
+    _, through = reader.uidvalidity()
+    inbox = reader.mailbox("inbox")
+    found = reader.metadata(list(reader.uids(inbox, through)), inbox, through)
+    assert [str(meta["_id"]) for meta in found.values()] == [support]
+    admin = Reader(archive, Principal.operator())
+    assert [box.name for box in admin.mailboxes()] == ["INBOX", f"sales@{DOMAIN}", f"support@{DOMAIN}", "Sent"]
+    assert admin.status(admin.mailbox("INBOX"))["MESSAGES"] == 2
+
+
+def test_search_keys_compile_to_the_archives_own_search():
+    calls = []
+
+    def filter_for(filters: Filters):
+        calls.append(filters.search.text)
+        return {"q": filters.search.text}
+
+    compiler = SearchCompiler(filter_for, lambda message_set, uid: [4, 5], lambda: [1, 2])
+    assert compiler.compile([b"FROM", b"ann@example.org"]) == {"q": 'from:"ann@example.org"'}
+    assert compiler.compile([b"TEXT", b"hello world"]) == {"q": '"hello world"'}
+    assert compiler.compile([b"NOT", b"SEEN"]) == {"$nor": [{"imap_uid": {"$in": [1, 2]}}]}
+    assert compiler.compile([b"UNSEEN", b"OR", b"SUBJECT", b"a", b"BODY", b"b"]) == {"$and": [
+        {"imap_uid": {"$nin": [1, 2]}}, {"$or": [{"q": 'subject:"a"'}, {"q": 'body:"b"'}]}]}
+    assert compiler.compile([b"SINCE", b"1-Feb-2024"]) == {
+        "received_at": {"$gte": datetime(2024, 2, 1, tzinfo=timezone.utc)}}
+    assert compiler.compile([b"ON", b"1-Feb-2024"])["received_at"]["$lt"] == datetime(2024, 2, 2, tzinfo=timezone.utc)
+    assert compiler.compile([b"LARGER", b"100"]) == {"imap_size.n": {"$gt": 100}}
+    assert compiler.compile([b"UID", b"4:*"]) == {"imap_uid": {"$in": [4, 5]}}
+    assert compiler.compile([b"ALL"]) == {} and compiler.compile([b"FLAGGED"]) == NOTHING
+    assert compiler.compile([[b"DELETED"]]) == NOTHING
+    for bad in ([b"FROM"], [b"SINCE", b"yesterday"], [b"LARGER", b"big"], [b"XYZZY"], [b"HEADER", b"X-Foo", b"y"]):
+        with pytest.raises(SearchError):
+            compiler.compile(bad)
+
+
+def _parse(items: bytes):
+    parser = _FetchParser()
+    parser.parseString(items)
+    return parser.result
+
+
+def test_sections_and_partial_fetches_are_slices_of_the_rebuilt_bytes(archive):
+    email_id = _store(archive, 1, f"a@{DOMAIN}", datetime.now(timezone.utc), attachment=True)
+    raw = b"".join(ScopedArchive(archive, Principal.operator()).rebuild(email_id))
+    message = RawPart(raw)
+    assert message.isMultipart() and len(message.children()) == 2
+    assert raw.startswith(message.header_bytes) and raw.endswith(message.body)
+    attachment = message.section((1,))
+    assert attachment.headers.get_filename() == "Data File.BIN"
+    assert attachment.body in raw and attachment.body.strip().endswith(b"=")
+    response = fetch_items(_parse(b"(BODY.PEEK[]<5.20> BODY[2.MIME] BODY[HEADER.FIELDS (SUBJECT)] RFC822.SIZE)"),
+                           7, [], len(raw), datetime(2025, 1, 2, tzinfo=timezone.utc), raw, True)
+    assert response.startswith(b"(UID 7 BODY[]<5> {20}\r\n" + raw[5:25] + b" BODY[2.MIME] {")
+    assert b"BODY[HEADER.FIELDS (Subject)] {22}\r\nSubject: Subject 1\r\n\r\n" in response
+    assert response.endswith(b"RFC822.SIZE %d)" % len(raw))
+    structure = fetch_items(_parse(b"(BODYSTRUCTURE ENVELOPE INTERNALDATE)"), 7, ["\\Seen"], len(raw),
+                            datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc), raw, False)
+    assert b'INTERNALDATE "02-Jan-2025 03:04:05 +0000"' in structure
+    assert b'"Subject 1"' in structure and b'"mixed"' in structure.lower()
+
+
+def test_logins_need_the_matching_name_a_live_key_and_the_imap_scope(app):
+    authenticator, lockout = app.extensions["authenticator"], app.extensions["lockout"]
+    people, keys = app.extensions["people"], app.extensions["keys"]
+    person = people.add("ann", "ann@people.test")
+    imap_key, record = keys.create(str(person["_id"]), "mail", ["imap"])
+    read_key, _ = keys.create(str(person["_id"]), "api", ["read"])
+    assert check_login(authenticator, lockout, "operator", API_KEY, "192.0.2.1").is_operator
+    assert check_login(authenticator, lockout, "Ann@People.test", imap_key, "192.0.2.1").person_id
+    with pytest.raises(LoginRefused) as refused:
+        check_login(authenticator, lockout, "ann@people.test", read_key, "192.0.2.1")
+    assert refused.value.reason == "scope"
+    with pytest.raises(LoginRefused):
+        check_login(authenticator, lockout, "bob@people.test", imap_key, "192.0.2.1")
+    keys.revoke(record["_id"])
+    with pytest.raises(LoginRefused) as refused:
+        check_login(authenticator, lockout, "ann@people.test", imap_key, "192.0.2.1")
+    assert refused.value.reason == "revoked"
+    # Guesses count in the shared lockout: enough of them block the address.
+    for _ in range(5):
+        with pytest.raises(LoginRefused):
+            check_login(authenticator, lockout, "operator", "wrong-key-0123456789", "192.0.2.9")
+    with pytest.raises(LoginRefused) as refused:
+        check_login(authenticator, lockout, "operator", API_KEY, "192.0.2.9")
+    assert refused.value.reason == "blocked"
+
+
+def test_imap_settings_are_validated(tmp_path):
+    assert ImapSettings.from_env({}, dotenv_path=None).enabled is False
+    with pytest.raises(ConfigError, match="IMAP_TLS_CERT"):
+        ImapSettings.from_env({"IMAP_ENABLED": "true"}, dotenv_path=None)
+    with pytest.raises(ConfigError, match="differ"):
+        ImapSettings.from_env({"IMAP_PORT": "1143", "IMAP_STARTTLS_PORT": "1143"}, dotenv_path=None)
+    settings = ImapSettings.from_env({"IMAP_ENABLED": "yes", "IMAP_TLS_CERT": "/c.pem", "IMAP_TLS_KEY": "/k.pem",
+                                      "IMAP_STARTTLS_PORT": "143"}, dotenv_path=None)
+    assert (settings.port, settings.starttls_port, str(settings.tls_cert)) == (993, 143, "/c.pem")
