@@ -169,6 +169,7 @@ def main() -> int:
             sys.exit(f"{tool} is not installed (apt-get install isync dovecot-imapd)")
 
     work = Path(tempfile.mkdtemp(prefix="bench-imap-"))
+    work.chmod(0o755)  # Dovecot's unprivileged processes reach their Maildir below it
     database = processes.secantus(work / "secantus").start()
     uri = processes.mongo_uri(database.port)
     mongo = MongoClient(uri, serverSelectionTimeoutMS=5000, tz_aware=True)

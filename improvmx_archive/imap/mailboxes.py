@@ -82,23 +82,27 @@ class Reader:
             query["$and"] = conditions
         return query
 
-    def hint(self, box: MailboxSpec) -> str:
-        """imap_audience_uid when an audience tag bounds the scan, else imap_uid."""
-        return "imap_audience_uid" if "audience" in box.condition or not self.principal.is_admin else "imap_uid"
+    def hint(self, box: MailboxSpec) -> str | None:
+        """imap_audience_uid when an audience tag bounds a mailbox scan (planners otherwise
+        pick by_audience and sort); for the rest every planner finds imap_uid itself."""
+        return "imap_audience_uid" if "audience" in box.condition or not self.principal.is_admin else None
+
+    def _scan(self, query: dict[str, Any], projection: dict[str, Any], box: MailboxSpec):
+        cursor = self.scoped.find_summaries(query, projection).sort(UID_FIELD, ASCENDING)
+        hint = self.hint(box)
+        return cursor.hint(hint) if hint else cursor
 
     def uids(self, box: MailboxSpec, through: int, low: int = 1) -> array:
         """Every UID in the mailbox, ascending: the session's sequence-number map."""
         found = array("Q")
-        cursor = (self.scoped.find_summaries(self.query(box, through, low=low), {UID_FIELD: 1, "_id": 0})
-                  .sort(UID_FIELD, ASCENDING).hint(self.hint(box)))
+        cursor = self._scan(self.query(box, through, low=low), {UID_FIELD: 1, "_id": 0}, box)
         found.extend(document[UID_FIELD] for document in cursor)
         return found
 
     def uids_matching(self, box: MailboxSpec, through: int, condition: dict[str, Any]) -> list[int]:
         """SEARCH: the UIDs of the mailbox's messages that meet condition, in one query."""
-        cursor = (self.scoped.find_summaries(self.query(box, through, [condition] if condition else None),
-                                             {UID_FIELD: 1, "_id": 0})
-                  .sort(UID_FIELD, ASCENDING).hint(self.hint(box)))
+        cursor = self._scan(self.query(box, through, [condition] if condition else None), {UID_FIELD: 1, "_id": 0},
+                            box)
         return [document[UID_FIELD] for document in cursor]
 
     def count(self, box: MailboxSpec, through: int, extra=None) -> int:
@@ -120,8 +124,12 @@ class Reader:
         if not uids:
             return {}
         found = {}
-        query = self.query(box, through, [{UID_FIELD: {"$in": list(uids)}}])
-        for document in self.scoped.find_summaries(query, META_FIELDS).hint(self.hint(box)):
+        # The UIDs themselves bound the index scan (a range to `through` beside them would
+        # make some planners walk the whole mailbox).
+        query = {UID_FIELD: {"$in": [uid for uid in uids if uid <= through]}}
+        if box.condition:
+            query["$and"] = [box.condition]
+        for document in self.scoped.find_summaries(query, META_FIELDS):
             size = cached_size(document)
             if size is None:
                 size = rebuilt_size(self.scoped, self.archive.emails, document)

@@ -78,6 +78,7 @@ class ArchiveIMAPServer(IMAP4Server):
         self.uids: list[int] = []
         self.through = 0
         self.readonly = True
+        self.seen: set[int] = set()  # this reader's \Seen UIDs, as of SELECT or the last NOOP
         self._paused: defer.Deferred | None = None
         self._idle: LoopingCall | None = None
         self._idle_tag: bytes | None = None
@@ -313,16 +314,16 @@ class ArchiveIMAPServer(IMAP4Server):
                 return None
             validity, through = reader.uidvalidity()
             uids = reader.uids(box, through)
-            seen = reader.seen_among(list(uids)) if uids else set()
+            seen = set(reader.seen_uids())
             first_unseen = next((number for number, uid in enumerate(uids, 1) if uid not in seen), None)
-            return box, validity, through, uids, first_unseen
+            return box, validity, through, uids, first_unseen, seen
 
         def done(found):
             if found is None:
                 self.sendNegativeResponse(tag, b"[NONEXISTENT] No such mailbox")
                 return
-            box, validity, through, uids, first_unseen = found
-            self.box, self.through, self.uids, self.readonly = box, through, list(uids), readonly
+            box, validity, through, uids, first_unseen, seen = found
+            self.box, self.through, self.uids, self.readonly, self.seen = box, through, list(uids), readonly, seen
             self.sendUntaggedResponse(FLAGS_LINE)
             self.sendUntaggedResponse(b"%d EXISTS" % len(self.uids))
             self.sendUntaggedResponse(b"0 RECENT")
@@ -379,14 +380,15 @@ class ArchiveIMAPServer(IMAP4Server):
             if known and reader.count(box, through) < len(known):
                 gone = set(known) - set(reader.uids(box, through))
             new = list(reader.uids(box, now_through, low=through + 1)) if now_through > through else []
-            return box, now_through, gone, new
+            return box, now_through, gone, new, set(reader.seen_uids())
 
         return work
 
     def _apply_poll(self, result) -> None:
-        box, now_through, gone, new = result
+        box, now_through, gone, new, seen = result
         if box is not self.box:
             return  # the mailbox changed meanwhile
+        self.seen = seen
         for number in sorted((i for i, uid in enumerate(self.uids, 1) if uid in gone), reverse=True):
             del self.uids[number - 1]
             self.sendUntaggedResponse(b"%d EXPUNGE" % number)
@@ -484,12 +486,13 @@ class ArchiveIMAPServer(IMAP4Server):
                                           for item in query)
         step = BODY_BATCH if body else FETCH_BATCH
         numbers = {value: self._number_of(value) for value in wanted}
+        seen = set(self.seen)
 
         def build(batch: list[int]) -> tuple[list[bytes], list[Any]]:
             metadata = reader.metadata(batch, box, through)
             if marks_seen:
                 reader.mark_seen({value: meta["_id"] for value, meta in metadata.items()}, True)
-            seen = reader.seen_among(list(metadata))
+                seen.update(metadata)
             lines, fetched, total = [], [], 0
             for value in batch:
                 meta = metadata.get(value)
@@ -522,6 +525,8 @@ class ArchiveIMAPServer(IMAP4Server):
             return True
 
         def finished(completed):
+            if marks_seen:
+                self.seen |= seen
             if completed:
                 self.sendPositiveResponse(tag, b"FETCH completed")
 
@@ -567,6 +572,10 @@ class ArchiveIMAPServer(IMAP4Server):
             return sorted(metadata)
 
         def done(changed):
+            if seen:
+                self.seen.update(changed)
+            else:
+                self.seen.difference_update(changed)
             if not silent:
                 flag = b"\\Seen" if seen else b""
                 for value in changed:
