@@ -3,7 +3,8 @@ BODY[] returns, and the FETCH items built from them.
 
 Sections (BODY[1.2], BODY[HEADER.FIELDS (...)], BODY[2.MIME], ...) are slices of the one
 rebuild, so every answer agrees byte for byte with BODY[] and with GET /emails/<id>/raw.
-ENVELOPE and BODYSTRUCTURE come from Twisted's own builders, fed by this IMessagePart.
+ENVELOPE comes from Twisted's builder, fed by this IMessagePart; BODYSTRUCTURE is built here
+(Twisted's lower-cases parameter values, file names included, and keeps their quotes).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from email import policy as email_policy
 from io import BytesIO
 from typing import Any
 
-from twisted.mail.imap4 import IMessagePart, collapseNestedLists, getBodyStructure, getEnvelope
+from email.header import Header
+from email.utils import collapse_rfc2231_value
+
+from twisted.mail.imap4 import IMessagePart, collapseNestedLists, getEnvelope
 from zope.interface import implementer
 
 HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -58,7 +62,8 @@ class RawPart:
         return len(self.body)
 
     def isMultipart(self) -> bool:
-        return self.headers.get_content_maintype() == "multipart"
+        """A multipart with parts (one stored without a boundary is shown as a single part)."""
+        return self.headers.get_content_maintype() == "multipart" and bool(self.children())
 
     def getSubPart(self, part: int) -> "RawPart":
         return self.children()[part]
@@ -66,7 +71,7 @@ class RawPart:
     def children(self) -> list["RawPart"]:
         if self._children is None:
             self._children = []
-            boundary = self.headers.get_boundary() if self.isMultipart() else None
+            boundary = self.headers.get_boundary() if self.headers.get_content_maintype() == "multipart" else None
             if boundary:
                 delimiter = re.compile(rb"(?:^|\r\n)--" + re.escape(boundary.encode()) + rb"(--)?[ \t]*(?:\r\n|$)")
                 marks = list(delimiter.finditer(self.body))
@@ -95,6 +100,58 @@ class RawPart:
         kept = [line for line in lines if (line.split(b":", 1)[0].decode("ascii", "replace").strip().lower()
                                            in wanted) != negate]
         return b"".join(kept) + b"\r\n"
+
+
+def _ascii(value: str) -> str:
+    """IMAP strings here are ASCII: other text as an RFC 2047 encoded word."""
+    return value if value.isascii() else Header(value, "utf-8").encode()
+
+
+def _params(part: RawPart, header: str) -> list[str] | None:
+    """A header's parameters as IMAP's (key value ...) list, unquoted, RFC 2231 decoded,
+    the values' case kept (Twisted's own builder lower-cases file names)."""
+    params = part.headers.get_params(header=header) or []
+    items: list[str] = []
+    for key, value in params[1:]:
+        if isinstance(value, tuple):
+            value = collapse_rfc2231_value(value)
+        items += [key.lower(), _ascii(str(value))]
+    return items or None
+
+
+def _header(part: RawPart, name: str) -> str | None:
+    value = part.headers.get(name)
+    return _ascii(" ".join(str(value).split())) if value is not None else None
+
+
+def body_structure(part: RawPart, extended: bool) -> list:
+    """BODYSTRUCTURE (extended) or BODY for one entity, RFC 3501 7.4.2."""
+    main, sub = part.headers.get_content_maintype(), part.headers.get_content_subtype()
+    if part.isMultipart():
+        result: list = [body_structure(child, extended) for child in part.children()] + [sub]
+        if extended:
+            result += [_params(part, "content-type"), _disposition(part), None, None]
+        return result
+    encoding = (_header(part, "content-transfer-encoding") or "7bit").lower()
+    result = [main, sub, _params(part, "content-type"), _header(part, "content-id"),
+              _header(part, "content-description"), encoding, len(part.body)]
+    lines = part.body.count(b"\n") + (0 if part.body.endswith(b"\n") or not part.body else 1)
+    if main == "text":
+        result.append(lines)
+    elif (main, sub) == ("message", "rfc822"):
+        inner = RawPart(part.body)
+        result += [getEnvelope(inner), body_structure(inner, extended), lines]
+    if extended:
+        result += [_header(part, "content-md5"), _disposition(part), None, None]
+    return result
+
+
+def _disposition(part: RawPart):
+    value = part.headers.get("content-disposition")
+    if value is None:
+        return None
+    kind = str(value).split(";", 1)[0].strip().lower()
+    return [kind, _params(part, "content-disposition")]
 
 
 def literal(data: bytes) -> bytes:
@@ -147,10 +204,15 @@ def section_bytes(message: RawPart, item) -> bytes:
     return message.raw
 
 
+def _whole(item) -> bool:
+    """BODY[] or BODY.PEEK[] of the whole message, without a partial range."""
+    return item.empty and not item.part and item.partialBegin is None
+
+
 def body_item(message: RawPart, item) -> bytes:
     """One BODY[...] item with its partial range applied (RFC 3501 6.4.5)."""
     if not item.empty and not item.header and not item.text and not item.mime and not item.part:
-        return b"BODY " + collapseNestedLists([getBodyStructure(message)])
+        return b"BODY " + collapseNestedLists([body_structure(message, False)])
     try:
         data = section_bytes(message, item)
     except IndexError:
@@ -164,33 +226,50 @@ def body_item(message: RawPart, item) -> bytes:
 
 
 def fetch_items(query, uid: int, flags: list[str], size: int, received_at, raw: bytes | None,
-                with_uid: bool) -> bytes:
-    """The parenthesised FETCH data for one message (UID first when a UID FETCH asked)."""
-    message = RawPart(raw) if raw is not None else None
-    out = []
+                with_uid: bool, with_flags: bool = False) -> list[bytes]:
+    """The parenthesised FETCH data for one message, as pieces to write in order: the whole
+    message is one piece as rebuilt, never copied (UID first for a UID FETCH; FLAGS added
+    when with_flags, after an implicit \\Seen)."""
+    parsed: list[RawPart] = []
+
+    def message() -> RawPart:
+        if not parsed:
+            parsed.append(RawPart(raw))
+        return parsed[0]
+
+    items: list[list[bytes]] = []
+    if with_uid and not any(item.type == "uid" for item in query):
+        items.append([b"UID %d" % uid])
     for item in query:
         kind = item.type
         if kind == "uid":
-            out.append(b"UID %d" % uid)
+            items.append([b"UID %d" % uid])
         elif kind == "flags":
-            out.append(b"FLAGS (" + " ".join(flags).encode() + b")")
+            items.append([b"FLAGS (" + " ".join(flags).encode() + b")"])
         elif kind == "internaldate":
-            out.append(b"INTERNALDATE " + internal_date(received_at))
+            items.append([b"INTERNALDATE " + internal_date(received_at)])
         elif kind == "rfc822size":
-            out.append(b"RFC822.SIZE %d" % size)
+            items.append([b"RFC822.SIZE %d" % size])
         elif kind == "envelope":
-            out.append(b"ENVELOPE " + collapseNestedLists([getEnvelope(message)]))
+            items.append([b"ENVELOPE " + collapseNestedLists([getEnvelope(message())])])
         elif kind == "bodystructure":
-            out.append(b"BODYSTRUCTURE " + collapseNestedLists([getBodyStructure(message, True)]))
+            items.append([b"BODYSTRUCTURE " + collapseNestedLists([body_structure(message(), True)])])
+        elif kind == "body" and _whole(item):
+            items.append([b"BODY[] {%d}\r\n" % len(raw), raw])
         elif kind == "body":
-            out.append(body_item(message, item))
+            items.append([body_item(message(), item)])
         elif kind == "rfc822":
-            out.append(b"RFC822 " + literal(message.raw))
+            items.append([b"RFC822 {%d}\r\n" % len(raw), raw])
         elif kind == "rfc822header":
-            out.append(b"RFC822.HEADER " + literal(message.header_bytes + b"\r\n"))
+            items.append([b"RFC822.HEADER " + literal(message().header_bytes + b"\r\n")])
         elif kind == "rfc822text":
-            out.append(b"RFC822.TEXT " + literal(message.body))
-    if with_uid and not any(item.type == "uid" for item in query):
-        out.insert(0, b"UID %d" % uid)
-    return b"(" + b" ".join(out) + b")"
-
+            items.append([b"RFC822.TEXT " + literal(message().body)])
+    if with_flags and not any(item.type == "flags" for item in query):
+        items.append([b"FLAGS (" + " ".join(flags).encode() + b")"])
+    pieces = [b"("]
+    for number, item_pieces in enumerate(items):
+        if number:
+            pieces.append(b" ")
+        pieces.extend(item_pieces)
+    pieces.append(b")")
+    return pieces

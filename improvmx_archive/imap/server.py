@@ -493,7 +493,7 @@ class ArchiveIMAPServer(IMAP4Server):
             if marks_seen:
                 reader.mark_seen({value: meta["_id"] for value, meta in metadata.items()}, True)
                 seen.update(metadata)
-            lines, fetched, total = [], [], 0
+            lines, fetched = [], []
             for value in batch:
                 meta = metadata.get(value)
                 if meta is None:
@@ -504,11 +504,10 @@ class ArchiveIMAPServer(IMAP4Server):
                 if body:
                     fetched.append(meta["_id"])
                 flags = [SEEN_FLAG] if value in seen else []
-                items = fetch_items(query, value, flags, meta["size"], meta["received_at"], raw, bool(uid))
-                if marks_seen and not any(item.type == "flags" for item in query):
-                    items = items[:-1] + b" FLAGS (" + " ".join(flags).encode() + b"))"
-                lines.append(b"* %d FETCH " % numbers[value] + items + b"\r\n")
-                total += len(lines[-1])
+                lines.append(b"* %d FETCH " % numbers[value])
+                lines.extend(fetch_items(query, value, flags, meta["size"], meta["received_at"], raw, bool(uid),
+                                         with_flags=marks_seen))
+                lines.append(b"\r\n")
             return lines, fetched
 
         @defer.inlineCallbacks

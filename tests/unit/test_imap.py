@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
+from pathlib import Path
 from email.utils import format_datetime
 
 import pytest
@@ -132,15 +133,54 @@ def test_sections_and_partial_fetches_are_slices_of_the_rebuilt_bytes(archive):
     attachment = message.section((1,))
     assert attachment.headers.get_filename() == "Data File.BIN"
     assert attachment.body in raw and attachment.body.strip().endswith(b"=")
-    response = fetch_items(_parse(b"(BODY.PEEK[]<5.20> BODY[2.MIME] BODY[HEADER.FIELDS (SUBJECT)] RFC822.SIZE)"),
-                           7, [], len(raw), datetime(2025, 1, 2, tzinfo=timezone.utc), raw, True)
+    response = b"".join(fetch_items(
+        _parse(b"(BODY.PEEK[]<5.20> BODY[2.MIME] BODY[HEADER.FIELDS (SUBJECT)] RFC822.SIZE)"),
+        7, [], len(raw), datetime(2025, 1, 2, tzinfo=timezone.utc), raw, True))
     assert response.startswith(b"(UID 7 BODY[]<5> {20}\r\n" + raw[5:25] + b" BODY[2.MIME] {")
     assert b"BODY[HEADER.FIELDS (Subject)] {22}\r\nSubject: Subject 1\r\n\r\n" in response
     assert response.endswith(b"RFC822.SIZE %d)" % len(raw))
-    structure = fetch_items(_parse(b"(BODYSTRUCTURE ENVELOPE INTERNALDATE)"), 7, ["\\Seen"], len(raw),
-                            datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc), raw, False)
+    structure = b"".join(fetch_items(_parse(b"(BODYSTRUCTURE ENVELOPE INTERNALDATE)"), 7, ["\\Seen"], len(raw),
+                                     datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc), raw, False))
+    whole = fetch_items(_parse(b"(BODY.PEEK[])"), 7, [], len(raw), None, raw, False, with_flags=True)
+    assert whole == [b"(", b"BODY[] {%d}\r\n" % len(raw), raw, b" ", b"FLAGS ()", b")"] and whole[2] is raw
     assert b'INTERNALDATE "02-Jan-2025 03:04:05 +0000"' in structure
     assert b'"Subject 1"' in structure and b'"mixed"' in structure.lower()
+    # File names keep their case and lose their quotes (Twisted's builder lower-cases them).
+    assert b'("name" "Data File.BIN")' in structure and b'("attachment" ("filename" "Data File.BIN"))' in structure
+
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cpython"
+
+
+def _leaves(structure: list, path: tuple[int, ...] = ()):
+    """(section path, size) of every single part in a BODYSTRUCTURE list."""
+    if isinstance(structure[0], list):
+        children = structure[:next(i for i, item in enumerate(structure) if isinstance(item, str))]
+        for number, child in enumerate(children):
+            yield from _leaves(child, path + (number,))
+    else:
+        yield path or (0,), structure[6]
+
+
+def test_every_real_world_message_has_a_structure_whose_sizes_match_its_sections(archive):
+    from improvmx_archive.imap.message import body_structure, section_bytes
+
+    reader = ScopedArchive(archive, Principal.operator())
+    checked = 0
+    for path in sorted(FIXTURES.glob("msg_*.txt")):
+        try:
+            payload = payload_from_mime(path.read_bytes())
+        except Exception:  # noqa: BLE001 - what mailparse cannot read never reaches the archive
+            continue
+        email_id = archive.ingest(payload).email_id
+        message = RawPart(b"".join(reader.rebuild(email_id)))
+        structure = body_structure(message, True)
+        fetch_items(_parse(b"(BODYSTRUCTURE ENVELOPE BODY)"), 1, [], len(message.raw), None, message.raw, False)
+        for section, size in _leaves(structure):
+            item = _parse(b"(BODY[" + b".".join(b"%d" % (n + 1) for n in section) + b"])")[0]
+            assert len(section_bytes(message, item)) == size, (path.name, section)
+        checked += 1
+    assert checked >= 40
 
 
 def test_logins_need_the_matching_name_a_live_key_and_the_imap_scope(app):
