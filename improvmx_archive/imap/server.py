@@ -402,8 +402,21 @@ class ArchiveIMAPServer(IMAP4Server):
         if self.state != "select" or self.box is None:
             self.sendPositiveResponse(tag, b"NOOP completed")
             return
-        self._work(tag, self._poll(), lambda result: (self._apply_poll(result),
-                                                       self.sendPositiveResponse(tag, b"NOOP completed")))
+        if self.blocked is None:
+            self.blocked = []
+
+        def polled(result):
+            self._apply_poll(result)
+            self.sendPositiveResponse(tag, b"NOOP completed")
+
+        def unavailable(failure):
+            # NOOP cannot fail: without the database there is just nothing new to report.
+            log.warning("imap: NOOP without updates, MongoDB unavailable (%s)", failure.type.__name__)
+            self.sendPositiveResponse(tag, b"NOOP completed (the archive is unavailable; no updates)")
+
+        deferred = deferToThread(self._poll())
+        deferred.addCallbacks(polled, unavailable)
+        deferred.addBoth(lambda _: self._unblock() if self.transport and self.transport.connected else None)
 
     unauth_NOOP = auth_NOOP = select_NOOP = (do_NOOP,)
     select_CHECK = (do_NOOP,)

@@ -77,13 +77,14 @@ class Stack:
         self.port = processes.free_port()
         self.server = None
         self.context = ssl.create_default_context(cafile=str(self.cert))
+        self.env_overrides: dict[str, str] = {}
 
     def env(self) -> dict[str, str]:
         return {"API_KEY": API_KEY, "MONGO_URI": self.uri, "MONGO_DB": self.database_name,
                 "RATELIMIT_STORAGE_URI": "memory://", "SPOOL_DIR": str(self.tmp_path / "spool"),
                 "IMAP_TLS_CERT": str(self.cert), "IMAP_TLS_KEY": str(self.key),
                 "IMAP_NUMBER_INTERVAL": "0.5", "IMAP_POLL_INTERVAL": "1", "DOMINIO": DOMAIN,
-                "LOG_LEVEL": "DEBUG"}
+                "LOG_LEVEL": "DEBUG", **self.env_overrides}
 
     def start(self):
         self.server = processes.imap_server(self.env(), self.tmp_path / "imap.log", self.port).start()
@@ -451,3 +452,51 @@ def test_curl_lists_the_mailboxes(filled):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "INBOX" in done.stdout and f"sales@{DOMAIN}" in done.stdout and "\\Sent" in done.stdout
+
+
+def test_a_mongodb_outage_answers_no_and_the_server_recovers(tmp_path):
+    """The database goes away under a selected mailbox: commands answer NO [UNAVAILABLE] on a
+    connection that stays usable, a login answers NO, and everything works once it is back."""
+    data = tmp_path / "own-secantus"
+    database = processes.secantus(data).start()
+    uri = processes.mongo_uri(database.port)
+    try:
+        from improvmx_archive import create_app
+        from tests.conftest import make_settings
+
+        mongo = MongoClient(uri, serverSelectionTimeoutMS=5000, tz_aware=True)
+        app = create_app(make_settings(tmp_path, MONGO_URI=uri, MONGO_DB="outage", RATELIMIT_ENABLED="false",
+                                       DOMINIO=DOMAIN), mongo_client=mongo)
+        stack = Stack(tmp_path, uri, "outage", app)
+        stack.env_overrides = {"MONGO_TIMEOUT_MS": "800"}
+        for number in range(3):
+            stack.deliver(_mime(number, f"sales@{DOMAIN}"))
+        stack.start()
+        stack.wait_numbered()
+        with stack.imap() as imap:
+            imap.select_folder("INBOX", readonly=True)
+            uids = imap.search("ALL")
+            database.stop()
+            with pytest.raises(IMAPClientError) as refused:
+                imap.fetch(uids, ["BODY.PEEK[]"])
+            assert "UNAVAILABLE" in str(refused.value)
+            with pytest.raises(IMAPClientError):
+                imap.search(["SUBJECT", "report"])
+            imap.noop()  # still connected
+            with pytest.raises(LoginError):
+                stack.imap()
+            database.start()
+            wait_until(lambda: _fetch_works(imap, uids), message="recovery")
+        with stack.imap() as again:
+            again.select_folder("INBOX", readonly=True)
+            assert sorted(again.search("ALL")) == sorted(uids)
+        stack.stop()
+    finally:
+        database.stop()
+
+
+def _fetch_works(imap: IMAPClient, uids) -> bool:
+    try:
+        return len(imap.fetch(uids, ["BODY.PEEK[]"])) == len(uids)
+    except IMAPClientError:
+        return False
