@@ -9,6 +9,7 @@ import os
 import pty
 import select
 import signal
+import socket
 import shutil
 import ssl
 import subprocess
@@ -500,3 +501,52 @@ def _fetch_works(imap: IMAPClient, uids) -> bool:
         return len(imap.fetch(uids, ["BODY.PEEK[]"])) == len(uids)
     except IMAPClientError:
         return False
+
+
+def test_starttls_port_a_certificate_reload_on_sighup_and_metrics(stack):
+    """Before STARTTLS nothing signs in; after it LOGIN works. SIGHUP makes new connections
+    see a renewed certificate without a restart. The process's /metrics counts it all."""
+    import hashlib
+    import urllib.request
+
+    starttls_port, metrics_port = processes.free_port(), processes.free_port()
+    stack.env_overrides = {"IMAP_STARTTLS_PORT": str(starttls_port), "IMAP_METRICS_PORT": str(metrics_port)}
+    stack.deliver(_mime(1, f"sales@{DOMAIN}"))
+    stack.start()
+    stack.wait_numbered()
+    processes.wait_for_port(starttls_port)
+
+    plain = imaplib.IMAP4("localhost", starttls_port)
+    assert "LOGINDISABLED" in plain.capabilities and "STARTTLS" in plain.capabilities
+    with pytest.raises(imaplib.IMAP4.error, match="PRIVACYREQUIRED"):
+        plain.login("operator", API_KEY)
+    plain.starttls(ssl_context=stack.context)
+    assert plain.login("operator", API_KEY)[0] == "OK"
+    assert plain.select("INBOX", readonly=True) == ("OK", [b"1"])
+    plain.logout()
+
+    def presented(trusted: Path) -> str:
+        context = ssl.create_default_context(cafile=str(trusted))
+        with socket.create_connection(("localhost", stack.port)) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                return hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
+
+    first = presented(stack.cert)
+    fresh_cert, fresh_key = processes.self_signed_certificate(stack.tmp_path / "renewed")
+    stack.cert.write_bytes(fresh_cert.read_bytes())
+    stack.key.write_bytes(fresh_key.read_bytes())
+    stack.server.signal(signal.SIGHUP)
+    second = wait_until(lambda: _try(lambda: presented(fresh_cert)), message="the renewed certificate")
+    assert second != first
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert 'imap_logins_total{result="ok"}' in metrics
+    assert 'imap_commands_total{command="EXAMINE"}' in metrics and "imap_connections_open" in metrics
+
+
+def _try(function):
+    try:
+        return function()
+    except (OSError, ssl.SSLError):
+        return None
