@@ -116,7 +116,10 @@ service auth {{
 
 
 def mbsync_config(path: Path, port: int, user: str, password: str, cert: Path, target: Path, pattern: str) -> Path:
-    path.write_text(f"""IMAPAccount far
+    # FSync no: the client's disk flushes are the same for both servers and not what is measured.
+    path.write_text(f"""FSync no
+
+IMAPAccount far
 Host localhost
 Port {port}
 User {user}

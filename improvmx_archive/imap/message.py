@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
-from email.parser import BytesHeaderParser
 from email import policy as email_policy
-from io import BytesIO
-from typing import Any
-
 from email.header import Header
+from email.parser import BytesHeaderParser
 from email.utils import collapse_rfc2231_value
+from io import BytesIO
 
 from twisted.mail.imap4 import IMessagePart, collapseNestedLists, getEnvelope
 from zope.interface import implementer

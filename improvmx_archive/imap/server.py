@@ -58,10 +58,6 @@ KNOWN_COMMANDS = frozenset({
     "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID", "IDLE", "NAMESPACE"})
 
 
-class Unavailable(Exception):
-    """MongoDB did not answer: a tagged NO [UNAVAILABLE]."""
-
-
 @implementer(IPushProducer)
 class ArchiveIMAPServer(IMAP4Server):
     """One IMAP connection onto the archive."""
@@ -151,7 +147,7 @@ class ArchiveIMAPServer(IMAP4Server):
             self.blocked = []
 
         def failed(failure):
-            if failure.check(PyMongoError, Unavailable):
+            if failure.check(PyMongoError):
                 log.warning("imap: MongoDB unavailable (%s)", failure.type.__name__)
                 self.sendNegativeResponse(tag, UNAVAILABLE)
             else:
