@@ -550,3 +550,27 @@ def _try(function):
         return function()
     except (OSError, ssl.SSLError):
         return None
+
+
+def test_two_servers_on_one_database_number_once_and_agree_on_every_uid(stack):
+    stack.start()
+    second = processes.imap_server(stack.env(), stack.tmp_path / "imap-2.log").start()
+    try:
+        for number in range(20):  # arriving while both servers run their numbering passes
+            stack.deliver(_mime(number, f"sales@{DOMAIN}"))
+        stack.index()
+        stack.wait_numbered()
+        uids = [d["imap_uid"] for d in stack.database.emails.find({}, {"imap_uid": 1})]
+        assert len(uids) == 20 and len(set(uids)) == 20
+        views = []
+        for port in (stack.port, second.port):
+            with IMAPClient("localhost", port=port, ssl=True, ssl_context=stack.context, timeout=30) as imap:
+                imap.login("operator", API_KEY)
+                imap.select_folder(f"sales@{DOMAIN}", readonly=True)
+                fetched = imap.fetch(imap.search("ALL"), ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+                views.append({uid: next(iter(v for k, v in data.items() if k.startswith(b"BODY")))
+                              for uid, data in fetched.items()})
+                assert set(imap.list_sub_folders(pattern="*")) == set(imap.list_folders(pattern="*"))
+        assert views[0] == views[1] and len(views[0]) == 20
+    finally:
+        second.stop()

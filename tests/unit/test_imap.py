@@ -218,3 +218,26 @@ def test_imap_settings_are_validated(tmp_path):
     settings = ImapSettings.from_env({"IMAP_ENABLED": "yes", "IMAP_TLS_CERT": "/c.pem", "IMAP_TLS_KEY": "/k.pem",
                                       "IMAP_STARTTLS_PORT": "143"}, dotenv_path=None)
     assert (settings.port, settings.starttls_port, str(settings.tls_cert)) == (993, 143, "/c.pem")
+
+
+def test_flask_imap_check_reports_the_certificate_and_numbering(app, tmp_path, monkeypatch):
+    from devtools.processes import self_signed_certificate
+
+    monkeypatch.chdir(tmp_path)  # no developer's .env
+    for name in ("IMAP_ENABLED", "IMAP_TLS_CERT", "IMAP_TLS_KEY", "IMAP_PORT", "IMAP_STARTTLS_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    runner = app.test_cli_runner()
+    off = runner.invoke(args=["imap", "check"])
+    assert off.exit_code == 0 and "the IMAP view is off" in off.output
+    cert, key = self_signed_certificate(tmp_path / "tls")
+    monkeypatch.setenv("IMAP_ENABLED", "true")
+    monkeypatch.setenv("IMAP_TLS_CERT", str(cert))
+    monkeypatch.setenv("IMAP_TLS_KEY", str(key))
+    ready = runner.invoke(args=["imap", "check"])
+    assert ready.exit_code == 0, ready.output
+    assert "certificate:" in ready.output and "(29 days)" in ready.output and "renew soon" not in ready.output
+    assert "numbering: not started yet" in ready.output
+    other_cert, _ = self_signed_certificate(tmp_path / "other")
+    monkeypatch.setenv("IMAP_TLS_CERT", str(other_cert))  # a key that does not match
+    mismatched = runner.invoke(args=["imap", "check"])
+    assert mismatched.exit_code == 1 and "cannot be used" in mismatched.output
