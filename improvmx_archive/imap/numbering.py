@@ -71,14 +71,19 @@ def ensure_indexes(database) -> None:
 
 
 def numbering_state(database) -> dict[str, Any]:
-    """The counter's state, created on first use: uidvalidity, next_uid, visible_through."""
+    """The counter's state, created on first use: uidvalidity, next_uid, visible_through.
+
+    Created again after a loss (a restore without it), it continues above the highest UID
+    any message carries, never reusing one, under a new UIDVALIDITY (clients resync once)."""
     state = database[STATE].find_one({"_id": STATE_ID})
     if state is not None:
         return state
+    top = database.emails.find_one({UID_FIELD: {"$gte": 1}}, {UID_FIELD: 1}, sort=[(UID_FIELD, -1)])
+    highest = top[UID_FIELD] if top else 0
     try:
         database.get_collection(STATE, write_concern=DURABLE).insert_one(
-            {"_id": STATE_ID, "uidvalidity": int(time.time()) & 0xFFFFFFFF or 1, "next_uid": 1,
-             "visible_through": 0})
+            {"_id": STATE_ID, "uidvalidity": int(time.time()) & 0xFFFFFFFF or 1, "next_uid": highest + 1,
+             "visible_through": highest})
     except DuplicateKeyError:
         pass  # another host created it first
     return database[STATE].find_one({"_id": STATE_ID})

@@ -72,6 +72,13 @@ def test_numbering_is_ascending_by_arrival_and_new_mail_always_numbers_higher(ar
         rebuilt = b"".join(ScopedArchive(archive, Principal.operator()).rebuild(str(document["_id"])))
         assert cached_size(document) == len(rebuilt)
     assert sorted(d["_id"] for d in archive.database.imap_aliases.find()) == [f"a@{DOMAIN}", f"b@{DOMAIN}"]
+    # The counter's state lost (a restore without it): numbering goes on above every UID.
+    highest = max(d["imap_uid"] for d in archive.emails.find({}, {"imap_uid": 1}))
+    archive.database.imap_state.delete_many({})
+    _store(archive, 4, f"b@{DOMAIN}", start)
+    assert numbering.number_pending() == 1
+    assert archive.emails.find_one({"subject": "Subject 4"})["imap_uid"] == highest + 1
+    assert numbering_state(archive.database)["visible_through"] == highest + 1
 
 
 def test_a_member_sees_only_mailboxes_and_messages_of_their_grants(archive):
