@@ -37,6 +37,10 @@ class ScopedArchive:
     def find(self, email_id: str) -> dict[str, Any] | None:
         return self.archive.find(email_id, self.visibility)
 
+    def find_many(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Whole messages matching query inside this view (the IMAP view's pipelined FETCH)."""
+        return self.archive.find_many(query, self.visibility)
+
     def part(self, email_id: str, *, name: str | None = None, position: int | None = None):
         return self.archive.part(email_id, name=name, position=position, within=self.visibility)
 

@@ -20,17 +20,19 @@ import base64
 import binascii
 import bisect
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 from pymongo.errors import PyMongoError
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.mail.imap4 import (
-    DontQuoteMe, IllegalClientResponse, IMAP4Server, _parseMbox, collapseNestedLists, wildcardToRegexp,
+    DontQuoteMe, IllegalClientResponse, IllegalIdentifierError, IMAP4Server, _parseMbox, collapseNestedLists,
+    parseIdList, wildcardToRegexp,
 )
 from zope.interface import implementer
 
@@ -52,6 +54,7 @@ FETCH_BATCH = 100
 FETCH_BATCH_BYTES = 4 * 1024 * 1024
 BODY_BATCH = 25
 POSTAUTH_TIMEOUT = 30 * 60
+PIPELINED_FETCH = re.compile(rb"^(\S+) UID FETCH (\S+) (.+)$", re.I)
 KNOWN_COMMANDS = frozenset({
     "CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "AUTHENTICATE", "LOGIN", "SELECT", "EXAMINE", "CREATE", "DELETE",
     "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "LSUB", "STATUS", "APPEND", "CHECK", "CLOSE", "UNSELECT",
@@ -78,6 +81,7 @@ class ArchiveIMAPServer(IMAP4Server):
         self._paused: defer.Deferred | None = None
         self._idle: LoopingCall | None = None
         self._idle_tag: bytes | None = None
+        self._fetch_items: bytes | None = None  # a UID FETCH's item list as sent
 
     # -- connection -----------------------------------------------------------------------
 
@@ -479,14 +483,38 @@ class ArchiveIMAPServer(IMAP4Server):
     # -- FETCH ----------------------------------------------------------------------------
 
     def do_FETCH(self, tag, messages, query, uid=0):
-        wanted = self._uids_of(messages, bool(uid))
-        if not wanted or not query:
+        if not query:
             self.sendPositiveResponse(tag, b"FETCH completed")
             return
         if self.blocked is None:
             self.blocked = []
         self.setTimeout(None)
         self.transport.registerProducer(self, True)
+        commands = [(tag, self._uids_of(messages, bool(uid)))]
+        items, self._fetch_items = self._fetch_items, None
+        # Let the rest of what the client already sent be queued first: pipelined UID FETCHes
+        # of the same items (mbsync sends dozens) are then answered from shared queries.
+        reactor.callLater(0, self._fetch_group, commands, query, uid, items)
+
+    def _gather_pipelined(self, commands: list, items: bytes | None) -> None:
+        """Move queued `UID FETCH <set> <same items>` commands into this group, in order."""
+        while items and self.blocked:
+            found = PIPELINED_FETCH.match(self.blocked[0])
+            if not found or found.group(3) != items:
+                return
+            try:
+                message_set = parseIdList(found.group(2))
+            except IllegalIdentifierError:
+                return
+            self.blocked.pop(0)
+            COMMANDS.labels(command="UID").inc()
+            commands.append((found.group(1), self._uids_of(message_set, True)))
+
+    def _fetch_group(self, commands: list, query, uid, items: bytes | None) -> None:
+        if self.transport is None or not self.transport.connected:
+            return
+        if uid:
+            self._gather_pipelined(commands, items)
         reader, box, through, readonly = self.reader, self.box, self.through, self.readonly
         body = needs_body(query)
         marks_seen = not readonly and any(item.type in ("rfc822", "rfc822text") or
@@ -494,65 +522,68 @@ class ArchiveIMAPServer(IMAP4Server):
                                            (item.empty or item.header or item.text or item.mime or item.part))
                                           for item in query)
         step = BODY_BATCH if body else FETCH_BATCH
-        numbers = {value: self._number_of(value) for value in wanted}
+        # (command, uid) in answer order; a command without messages still gets its OK.
+        entries = [(number, value) for number, (_, wanted) in enumerate(commands) for value in (wanted or [None])]
+        last_of = {number: index for index, (number, _) in enumerate(entries)}
         seen = set(self.seen)
+        answered = [0]  # how many commands of the group have their tagged OK
 
-        def build(batch: list[int]) -> tuple[list[bytes], list[Any]]:
-            metadata = reader.metadata(batch, box, through)
+        def build(batch: list[int]) -> tuple[dict[int, list[bytes]], list[Any]]:
+            if body:
+                found = reader.messages(batch, box, through)
+                metadata = {value: meta for value, (meta, _) in found.items()}
+            else:
+                found, metadata = {}, reader.metadata(batch, box, through)
             if marks_seen:
                 reader.mark_seen({value: meta["_id"] for value, meta in metadata.items()}, True)
                 seen.update(metadata)
-            lines, fetched = [], []
-            for value in batch:
-                meta = metadata.get(value)
-                if meta is None:
-                    continue  # deleted since the snapshot; the next NOOP reports it
-                raw = reader.message_bytes(meta["_id"]) if body else None
-                if body and raw is None:
-                    continue
-                if body:
-                    fetched.append(meta["_id"])
+            answers = {}
+            for value, meta in metadata.items():
                 flags = [SEEN_FLAG] if value in seen else []
-                lines.append(b"* %d FETCH " % numbers[value])
-                lines.extend(fetch_items(query, value, flags, meta["size"], meta["received_at"], raw, bool(uid),
-                                         with_flags=marks_seen))
-                lines.append(b"\r\n")
-            return lines, fetched
+                raw = found[value][1] if body else None
+                answers[value] = [b"* %d FETCH " % self._number_of(value),
+                                  *fetch_items(query, value, flags, meta["size"], meta["received_at"], raw,
+                                               bool(uid), with_flags=marks_seen), b"\r\n"]
+            return answers, [meta["_id"] for meta in metadata.values()] if body else []
 
         @defer.inlineCallbacks
         def run():
-            for start in range(0, len(wanted), step):
-                lines, fetched = yield deferToThread(build, wanted[start:start + step])
+            for start in range(0, len(entries), step):
+                chunk = entries[start:start + step]
+                values = sorted({value for _, value in chunk if value is not None})
+                answers, fetched = (yield deferToThread(build, values)) if values else ({}, [])
                 if fetched:
                     logins.record("fetch", "ok", principal=self.principal, email_ids=fetched, ip=self.peer_ip)
                 if self.transport is None or not self.transport.connected:
-                    return False
-                self.transport.writeSequence(lines)
+                    return
+                for index, (number, value) in enumerate(chunk, start):
+                    if value in answers:
+                        self.transport.writeSequence(answers[value])
+                    if last_of[number] == index:
+                        self.sendPositiveResponse(commands[number][0], b"FETCH completed")
+                        answered[0] = number + 1
                 if self._paused is not None:
                     yield self._paused
-            return True
-
-        def finished(completed):
-            if marks_seen:
-                self.seen |= seen
-            if completed:
-                self.sendPositiveResponse(tag, b"FETCH completed")
 
         def failed(failure):
+            # Commands of the group not yet answered get the same NO (their messages unsent).
+            text = UNAVAILABLE if failure.check(PyMongoError) else SERVER_ERROR
             if failure.check(PyMongoError):
                 log.warning("imap: FETCH stopped, MongoDB unavailable (%s)", failure.type.__name__)
-                self.sendNegativeResponse(tag, UNAVAILABLE)
             else:
                 log.error("imap: FETCH failed", exc_info=(failure.type, failure.value, failure.tb))
-                self.sendNegativeResponse(tag, SERVER_ERROR)
+            for tag, _ in commands[answered[0]:]:
+                self.sendNegativeResponse(tag, text)
 
         def cleanup(_):
+            if marks_seen:
+                self.seen |= seen
             if self.transport is not None and self.transport.connected:
                 self.transport.unregisterProducer()
                 self.setTimeout(self.POSTAUTH_TIMEOUT)
                 self._unblock()
 
-        run().addCallbacks(finished, failed).addBoth(cleanup)
+        run().addErrback(failed).addBoth(cleanup)
 
     select_FETCH = (do_FETCH, IMAP4Server.arg_seqset, IMAP4Server.arg_fetchatt)
 
@@ -631,6 +662,8 @@ class ArchiveIMAPServer(IMAP4Server):
             return
         if command not in (b"FETCH", b"STORE", b"SEARCH"):
             raise IllegalClientResponse(command)
+        if command == b"FETCH":  # the items as sent, to recognise pipelined repeats
+            self._fetch_items = line.split(b" ", 1)[1] if b" " in line else None
         self.dispatchCommand(tag, command, line, uid=1)
 
     select_UID = (do_UID, IMAP4Server.arg_atom, IMAP4Server.arg_line)
