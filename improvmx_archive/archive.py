@@ -30,6 +30,7 @@ from pymongo.errors import (
 
 from . import blobrefs
 from . import audience
+from . import delivered
 from .audience import UNRESTRICTED
 from .db import ACKNOWLEDGED, DURABLE, DatabaseUnavailable, create_indexes
 from .deletion import Deleter
@@ -447,6 +448,10 @@ class Archive:
     def migrate_audience(self, progress=None) -> int:
         """Give documents stored before `audience` existed their tags; returns how many."""
         return audience.backfill(self.emails, progress)
+
+    def migrate_delivered_to(self, progress=None) -> int:
+        """Give documents stored before `delivered_to` existed their addresses; returns how many."""
+        return delivered.backfill(self.emails, progress)
 
     def gc_blobs(self, grace: timedelta = timedelta(hours=1)) -> int:
         """Delete blobs no message references, older than the grace period (in-flight

@@ -16,13 +16,18 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
 from . import audience, blobrefs
+from . import delivered
+from .changes import note_change
+from .access.commands import keys_cli, users_cli
 from .archive import index_hint
 from .db import DatabaseUnavailable, create_indexes, ping
 from .deletion import DELETION_FIELDS, NOT_HELD
 from .errors import ApiError
 from .indexer import BATCH_SIZE, Reindex
 from .listing import parse_filters
-from .mailio import NotAMessage, MessageSource, eml_filename, find_import_files, import_raw, mbox_entry, oldest_first
+from .mailio import (
+    MboxExport, NotAMessage, MessageSource, eml_filename, find_import_files, import_raw, oldest_first,
+)
 from .maintenance import collect_orphans
 from .notify import masked
 from .sample import payload_from_mime, sample_mime
@@ -67,6 +72,12 @@ def create_indexes_command():
         with click.progressbar(length=untagged, label="adding audience tags to older messages") as bar:
             tagged = audience.backfill(database.emails, progress=bar.update)
     click.echo(f"ok: indexes created; {migrated} message(s) given blob_ids, {tagged} given audience tags")
+    missing = delivered.missing_count(database.emails)
+    if missing:
+        with click.progressbar(length=missing, label="adding delivered_to to older messages") as bar:
+            given = delivered.backfill(database.emails, progress=bar.update)
+        note_change(database)
+        click.echo(f"ok: {given} message(s) given delivered_to (the UI's aliases)")
 
 
 @click.command("reindex")
@@ -262,51 +273,47 @@ def export_command(output_format: str, output: Path, **filters: str | None):
 
     mbox: written to a hidden temporary file and renamed when complete, so a re-run simply
     replaces it. eml: existing files are skipped, so an interrupted run resumes where it stopped.
+    A message that cannot be rebuilt is listed, counted as failed and makes the exit status 1
+    (an mbox then ends with a marker message naming it); the rest are exported.
     """
     archive = current_app.extensions["archive"]
     query = _export_query(filters)
     hint = index_hint(query)
     total = archive.emails.count_documents(query, **({"hint": hint} if hint else {}))
-    counts = {"written": 0, "skipped": 0}
-    failures: list[str] = []
-
-    def rebuilt(bar, make):
-        """(document, its bytes) for each message; one that cannot be rebuilt is reported."""
-        for document in oldest_first(archive, query):
-            bar.update(1)
-            try:
-                chunks = make(document)
-            except Exception as error:  # one unrebuildable message must not stop the rest
-                failures.append(f"{document['_id']}: cannot be rebuilt ({type(error).__name__})")
-                continue
-            if chunks is not None:
-                yield document, chunks
+    skipped = 0
+    failures: list[tuple[str, str]] = []
 
     with click.progressbar(length=total, label=f"exporting {total} message(s)") as bar:
         if output_format == "mbox":
-            def entries():
-                for _, chunks in rebuilt(bar, lambda document: mbox_entry(archive, document)):
-                    counts["written"] += 1
-                    yield from chunks
-            _write_atomically(output, entries())
+            export = MboxExport(archive, query, progress=bar.update)
+            _write_atomically(output, export)
+            written, failures = export.written, export.missing
         else:
             output.mkdir(parents=True, exist_ok=True)
-
-            def unless_exported(document):
-                if (output / eml_filename(document)).exists():
-                    counts["skipped"] += 1
-                    return None
-                return MessageSource(archive, document).chunks(b"\r\n")
-
-            for document, chunks in rebuilt(bar, unless_exported):
-                _write_atomically(output / eml_filename(document), chunks)
-                counts["written"] += 1
-    for failure in failures:
-        click.echo(f"  failed {failure}", err=True)
-    click.echo(f"exported {counts['written']} message(s) to {output}"
-               + (f", skipped {counts['skipped']} already there" if output_format == "eml" else "")
+            written = 0
+            for document in oldest_first(archive, query):
+                bar.update(1)
+                target = output / eml_filename(document)
+                if target.exists():
+                    skipped += 1
+                    continue
+                try:  # one message that cannot be rebuilt (or read) must not stop the rest
+                    _write_atomically(target, MessageSource(archive, document).chunks(b"\r\n"))
+                except (DatabaseUnavailable, OSError):
+                    raise
+                except Exception as error:
+                    failures.append((str(document["_id"]), f"cannot be rebuilt ({type(error).__name__})"))
+                    continue
+                written += 1
+    for email_id, why in failures:
+        click.echo(f"  failed {email_id}: {why}", err=True)
+    click.echo(f"exported {written} message(s) to {output}"
+               + (f", skipped {skipped} already there" if output_format == "eml" else "")
                + f", failed {len(failures)}")
     if failures:
+        click.echo(f"error: {len(failures)} message(s) are not in the export"
+                   + (f" ({output} ends with a marker message naming them)" if output_format == "mbox" else "")
+                   + "; they are still in the archive", err=True)
         sys.exit(1)
 
 
@@ -428,3 +435,10 @@ def register_commands(app: Flask) -> None:
                     spool_cli, notify_cli, export_command, import_command, purge_command):
         app.cli.add_command(command)
     app.cli.add_command(imap_cli)  # the IMAP view's commands (imap/cli.py)
+    register_access_commands(app)
+
+
+def register_access_commands(app: Flask) -> None:
+    """`flask users ...` and `flask keys ...` (access/commands.py)."""
+    app.cli.add_command(users_cli)
+    app.cli.add_command(keys_cli)

@@ -33,6 +33,9 @@ DEFAULT_LIMITS = {
     "RATELIMIT_METRICS": "60 per minute",
     "RATELIMIT_UI": "300 per minute",
     "RATELIMIT_IMPORT": "60 per minute",
+    # Every API request made with a valid key, counted per person (all their keys) or for the
+    # operator keys together, instead of RATELIMIT_GLOBAL's per-address count (docs/security.md).
+    "RATELIMIT_AUTHENTICATED": "2000 per hour;20000 per day",
 }
 
 

@@ -25,6 +25,7 @@ from pymongo import UpdateOne
 
 from . import blobrefs
 from .audience import UNRESTRICTED
+from .changes import note_change
 from .db import DURABLE, TOMBSTONES
 
 # Longer than any ingest takes from reusing a blob to inserting its message.
@@ -64,6 +65,7 @@ class Deleter:
             if self.emails.count_documents({"_id": document["_id"]}, limit=1):
                 raise MessageOnHold()  # put on hold since we read it
             return False  # a concurrent delete won
+        note_change(self.archive.database)
         self.release_blobs(document.get(blobrefs.FIELD) or ())
         return True
 
@@ -78,6 +80,7 @@ class Deleter:
         if tombstones:
             self._bury(documents)
         self.emails.delete_many({"_id": {"$in": ids}, **NOT_HELD})
+        note_change(self.archive.database)
         remaining = {document["_id"] for document in self.emails.find({"_id": {"$in": ids}}, {"_id": 1})}
         self.release_blobs(blob for document in documents for blob in document.get(blobrefs.FIELD) or ())
         return [email_id for email_id in ids if email_id not in remaining]

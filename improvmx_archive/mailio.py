@@ -27,7 +27,7 @@ from email.generator import BytesGenerator
 from email.header import Header
 from email.message import EmailMessage, MIMEPart
 from email.parser import BytesHeaderParser
-from email.utils import formataddr, parsedate_to_datetime
+from email.utils import format_datetime, formataddr, parsedate_to_datetime
 from io import BytesIO
 from pathlib import Path
 from typing import Any, Generator, Iterable, Iterator, Mapping
@@ -53,9 +53,12 @@ RECONSTRUCTED_NOTE = ("rebuilt by improvmx-webhook-archive from the stored webho
 UNREPRESENTABLE_HEADER = "X-Archive-Invalid-Header"
 # Never copied from the stored headers: the rebuild writes its own MIME framing, and Bcc
 # must not leak to whoever opens the file.
+# Nor is the header that marks an incomplete export: only the export's own marker carries it.
+INCOMPLETE_EXPORT_HEADER = "X-Archive-Export-Incomplete"
 NEVER_COPIED = frozenset({"content-type", "content-transfer-encoding", "mime-version", "content-disposition",
                           "content-id", "content-length", "bcc",
-                          RECONSTRUCTED_HEADER.lower(), ARCHIVE_ID_HEADER.lower(), UNREPRESENTABLE_HEADER.lower()})
+                          RECONSTRUCTED_HEADER.lower(), ARCHIVE_ID_HEADER.lower(), UNREPRESENTABLE_HEADER.lower(),
+                          INCOMPLETE_EXPORT_HEADER.lower()})
 # RFC 5322 section 3.6 order: trace fields, then originator and destination fields.
 TRACE_FIELDS = ("return-path", "received")
 ORIGINATOR_FIELDS = ("date", "from", "sender", "reply-to", "to", "cc", "message-id", "in-reply-to",
@@ -74,6 +77,8 @@ FROM_LINE = re.compile(rb"^(>*From )", re.M)
 QUOTED_FROM_LINE = re.compile(rb"^>(>*From )", re.M)
 
 MIME_POLICY = email_policy.default.clone(cte_type="7bit", refold_source="none")
+MAX_HEADER_LINE = 78  # RFC 5322's recommended line length, in octets
+ADDRESS_STAND_IN = "stand-in@archive.invalid"
 BASE64_LINE_BYTES = 57  # 76 base64 characters per line, as RFC 2045 asks
 BASE64_LINE_CHARS = 76
 EXPORT_BATCH = 200  # message ids fetched per keyset page of an export
@@ -83,45 +88,95 @@ EXPORT_BATCH = 200  # message ids fetched per keyset page of an export
 # Header values: neutralised, encoded and folded here, so hostile stored values stay one header
 # ---------------------------------------------------------------------------------------------
 
+def valid_text(value: str) -> str:
+    """The text with lone surrogates replaced by U+FFFD: a JSON escape such as \\udc00 that no
+    UTF-8 can carry. Ingest replaces them in the document, but text read back from GridFS is
+    decoded with surrogatepass, so the rebuild does not count on it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
+
+
 def one_line(value: str) -> str:
     """CR, LF and other control characters become a space: a value can never start a header."""
-    return CONTROL_CHARACTERS.sub(" ", value).strip()
+    return CONTROL_CHARACTERS.sub(" ", valid_text(value)).strip()
+
+
+class Utf8Addresses(str):
+    """An address list holding an address that is not ASCII (RFC 6531 `josé@exämple.com`,
+    or U+FFFD from damaged bytes). An address has no encoded form (RFC 2047 words are not
+    allowed in one, and IDNA changes what a grant or search matches), so the header is
+    written as UTF-8 (RFC 6532). `texts` are the list's addresses, for folding."""
+
+    texts: tuple[str, ...]
+
+    def __new__(cls, texts: Iterable[str]) -> "Utf8Addresses":
+        texts = tuple(texts)
+        value = super().__new__(cls, ", ".join(texts))
+        value.texts = texts
+        return value
+
+
+class Utf8Header(str):
+    """A header value the rebuild has folded itself, written as UTF-8 (RFC 6532)."""
+
+
+def _fold_utf8_addresses(name: str, texts: tuple[str, ...]) -> Utf8Header:
+    """One address per continuation line once a line would pass 78 octets: a fold may
+    only fall between addresses, never inside one."""
+    folded, width = "", len(name) + 2
+    for number, text in enumerate(texts):
+        size = len(text.encode("utf-8"))
+        if number and width + 2 + size > MAX_HEADER_LINE:
+            folded, width = f"{folded},\n {text}", 1 + size
+        else:
+            folded, width = (f"{folded}, {text}", width + 2 + size) if number else (text, width + size)
+    return Utf8Header(folded)
 
 
 def encode_header_value(name: str, value: str) -> str:
-    """An ASCII header value, folded at spaces; non-ASCII text as RFC 2047 encoded words."""
+    """An ASCII header value, folded at spaces; non-ASCII text as RFC 2047 encoded words;
+    an address list holding a non-ASCII address as folded UTF-8 (see Utf8Addresses)."""
+    if isinstance(value, Utf8Addresses):
+        return _fold_utf8_addresses(name, value.texts)
     value = one_line(value)
     charset = None if value.isascii() else "utf-8"
     return Header(value, charset, header_name=name).encode(splitchars=" ", linesep="\n")
 
 
 def _clean_address(value: Any) -> str | None:
-    """`local@domain` cut where a character would end it in a list; IDNA for the domain."""
-    email_address = ADDRESS_SPECIALS.split(str(value or "").strip().lstrip("<"), 1)[0]
+    """`local@domain` cut where a character would end it in a list. A non-ASCII address is
+    kept as it is (no IDNA: `straße.de` is not `strasse.de`, and a grant names the address
+    as stored)."""
+    email_address = ADDRESS_SPECIALS.split(valid_text(str(value or "")).strip().lstrip("<"), 1)[0]
     if email_address.count("@") != 1:
         return None
-    local, _, domain = email_address.rpartition("@")
-    if not domain.isascii():
-        try:
-            domain = domain.encode("idna").decode("ascii")
-        except UnicodeError:
-            pass
-    return f"{local}@{domain}"
+    return email_address
 
 
 def _address_text(address: Mapping[str, Any]) -> str | None:
-    """`Name <local@domain>` from a stored {name, email}."""
+    """`Name <local@domain>` from a stored {name, email}: the name quoted, or RFC 2047
+    encoded when it is not ASCII; the address as it is."""
     email_address = _clean_address(address.get("email"))
     if email_address is None:
         return None
     name = address.get("name")
-    return formataddr((one_line(name) if isinstance(name, str) else "", email_address), charset="utf-8")
+    name = one_line(name) if isinstance(name, str) else ""
+    if email_address.isascii() or not name:
+        return formataddr((name, email_address), charset="utf-8") if email_address.isascii() else email_address
+    # formataddr refuses a non-ASCII address: let it write the name around a stand-in.
+    return formataddr((name, ADDRESS_STAND_IN), charset="utf-8").removesuffix(f"<{ADDRESS_STAND_IN}>") \
+        + f"<{email_address}>"
 
 
 def format_addresses(value: Any) -> str | None:
     addresses, _ = parse_address_list(value)
     texts = [text for text in (_address_text(address) for address in addresses) if text]
-    return ", ".join(texts) or None
+    if not texts:
+        return None
+    return ", ".join(texts) if all(text.isascii() for text in texts) else Utf8Addresses(texts)
 
 
 def _scalar_text(value: Any) -> str | None:
@@ -140,7 +195,9 @@ def _header_texts(name: str, value: Any) -> list[str]:
     lower = name.lower()
     if lower == "return-path":
         found = [_clean_address(address["email"]) for address in parse_address_list(value)[0]]
-        return [f"<{found[0]}>"] if found and found[0] else []
+        if not found or not found[0]:
+            return []
+        return [f"<{found[0]}>" if found[0].isascii() else Utf8Addresses([f"<{found[0]}>"])]
     if lower in ADDRESS_LISTS:
         text = format_addresses(value)
         return [text] if text else []
@@ -217,6 +274,14 @@ def _content_id(cid: Any) -> str | None:
     return f"<{cid}>" if cid else None
 
 
+# message/* parts that mailparse keeps whole (as the message's bytes): they travel as 8bit
+# text. It keeps only the body of any other message/* part (external-body, partial, global,
+# disposition-notification...), parsing the stored text's first lines as headers.
+WHOLE_MESSAGE_TYPES = frozenset({"message/rfc822", "message/delivery-status"})
+# The header block a stored message/* body is framed in (see PartSlot.encapsulated).
+ENCAPSULATED_HEADERS = ('Content-Type: text/plain; charset="utf-8"', "Content-Transfer-Encoding: base64")
+
+
 @dataclass
 class PartSlot:
     """A stored part whose bytes stream into the skeleton where its token stands."""
@@ -224,6 +289,11 @@ class PartSlot:
     position: int
     record: dict[str, Any]
     as_text: bool  # message/* parts travel as 8bit text (RFC 2046 forbids base64 for them)
+    # Any other message/* part travels as the entity RFC 2046 puts in its body: a header
+    # block of its own, then the stored bytes in base64. Written as 8bit text, the stored
+    # bytes came back with the file's line endings (CRLF in an .eml) and lost any first lines
+    # shaped like headers.
+    encapsulated: bool = False
 
 
 def _body_part(subtype: str, text: str) -> MIMEPart:
@@ -243,9 +313,11 @@ def _container(subtype: str, children: list[MIMEPart], boundary: str, **params: 
     return part
 
 
-def _stored_part(record: dict[str, Any], token: str, *, inline: bool) -> tuple[MIMEPart, bool]:
+def _stored_part(record: dict[str, Any], token: str, *, inline: bool) -> tuple[MIMEPart, bool, bool]:
     content_type = _part_type(record)
     as_text = content_type.startswith("message/") and record.get("stored_as") == "text"
+    encapsulated = as_text and content_type not in WHOLE_MESSAGE_TYPES
+    as_text = as_text and not encapsulated
     part = MIMEPart(MIME_POLICY)
     part["Content-Type"] = content_type
     if content_type.startswith("text/") and record.get("stored_as") == "text":
@@ -261,9 +333,9 @@ def _stored_part(record: dict[str, Any], token: str, *, inline: bool) -> tuple[M
     description = record.get("description")
     if isinstance(description, str) and one_line(description):
         part["Content-Description"] = one_line(description)
-    part["Content-Transfer-Encoding"] = "8bit" if as_text else "base64"
+    part["Content-Transfer-Encoding"] = "7bit" if encapsulated else "8bit" if as_text else "base64"
     part.set_payload(token)
-    return part, as_text
+    return part, as_text, encapsulated
 
 
 def _boundaries(document: Mapping[str, Any]) -> Iterator[str]:
@@ -277,8 +349,8 @@ def _boundaries(document: Mapping[str, Any]) -> Iterator[str]:
 
 def _body_tree(document: Mapping[str, Any], boundaries: Iterator[str]) -> MIMEPart | None:
     text, html = document.get("text"), document.get("html")
-    text = text if isinstance(text, str) and text else None
-    html = html if isinstance(html, str) and html else None
+    text = valid_text(text) if isinstance(text, str) and text else None
+    html = valid_text(html) if isinstance(html, str) and html else None
     if text and html:
         return _container("alternative", [_body_part("plain", text), _body_part("html", html)], next(boundaries))
     if text or html:
@@ -287,13 +359,22 @@ def _body_tree(document: Mapping[str, Any], boundaries: Iterator[str]) -> MIMEPa
 
 
 class _SkeletonGenerator(BytesGenerator):
-    """Writes a message/* part's token as plain text: the stock generator expects a parsed
-    message object there."""
+    """Writes a message/* part's token as plain text (the stock generator expects a parsed
+    message object there), and the headers the rebuild folded as UTF-8 as they are (the
+    stock one writes ASCII only, or re-encodes them as RFC 2047 words)."""
 
     def _handle_message(self, msg):
         self._handle_text(msg)
 
     _handle_message_delivery_status = _handle_message
+
+    def _write_headers(self, msg):
+        for name, value in msg.raw_items():
+            if isinstance(value, Utf8Header):
+                self._fp.write((f"{name}: {value}".replace("\n", self._NL) + self._NL).encode("utf-8"))
+            else:
+                self._fp.write(self.policy.fold_binary(name, value))
+        self.write(self._NL)
 
 
 class Rebuild:
@@ -319,8 +400,8 @@ class Rebuild:
         self.tree = tree if tree is not None else _body_part("plain", "")
 
     def _slot(self, position: int, record: dict[str, Any], *, inline: bool) -> MIMEPart:
-        part, as_text = _stored_part(record, f"{self.nonce}{len(self.slots):06d}", inline=inline)
-        self.slots.append(PartSlot(position, record, as_text))
+        part, as_text, encapsulated = _stored_part(record, f"{self.nonce}{len(self.slots):06d}", inline=inline)
+        self.slots.append(PartSlot(position, record, as_text, encapsulated))
         return part
 
     def skeleton(self, linesep: str) -> list[bytes]:
@@ -389,6 +470,8 @@ class MessageSource:
                 if slot.as_text:
                     yield quote(_text_lines(chunks, linesep))
                 else:
+                    if slot.encapsulated:
+                        yield linesep.join(line.encode() for line in ENCAPSULATED_HEADERS) + linesep * 2
                     yield from _base64_lines(chunks, linesep)
             # The token stood alone on its line: the generator's line break after it is ours.
             yield quote(following[len(linesep):] if following.startswith(linesep) else following)
@@ -401,13 +484,28 @@ class MessageSource:
         return blob.chunks
 
 
+class Unrebuildable(Exception):
+    """A stored message the rebuild cannot turn into MIME (a bug met on unusual stored data);
+    `reason` names what failed, never the stored values."""
+
+    def __init__(self, email_id: str, reason: str):
+        super().__init__(f"{email_id}: {reason}")
+        self.email_id = email_id
+        self.reason = reason
+
+
 def rebuild_message(archive, email_id: str, linesep: bytes = b"\r\n") -> Iterator[bytes] | None:
     """The message rebuilt as RFC 5322 bytes (CRLF line endings by default), streamed; None
-    for an unknown id. The API's /raw, the CLI's .eml export and the UI's source view use it."""
+    for an unknown id. The API's /raw, the CLI's .eml export and the UI's source view use it.
+    Raises Unrebuildable before the first byte when the message cannot be rebuilt."""
     document = archive.find(email_id)
     if document is None:
         return None
-    return MessageSource(archive, document).chunks(linesep)
+    try:
+        return MessageSource(archive, document).chunks(linesep)
+    except Exception as error:
+        log.exception("rebuild: message cannot be rebuilt email_id=%s", email_id)
+        raise Unrebuildable(email_id, f"cannot be rebuilt ({type(error).__name__})") from error
 
 
 def eml_filename(document: Mapping[str, Any]) -> str:
@@ -423,8 +521,11 @@ def eml_filename(document: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def mbox_separator(document: Mapping[str, Any]) -> bytes:
-    """`From <sender> <asctime>`: the sender without spaces, the time in UTC."""
-    sender = ADDRESS_SPECIALS.sub("", str(document.get("from_email") or "")).encode("ascii", "ignore").decode()
+    """`From <sender> <asctime>`: the sender without spaces (MAILER-DAEMON when it is not
+    ASCII: the line is not MIME, and dropping characters would name someone else), the time
+    in UTC."""
+    sender = ADDRESS_SPECIALS.sub("", str(document.get("from_email") or ""))
+    sender = sender if sender.isascii() else ""
     received = document.get("received_at")
     moment = as_utc(received).astimezone(timezone.utc) if isinstance(received, datetime) else datetime.now(timezone.utc)
     return f"From {sender or 'MAILER-DAEMON'} {time.asctime(moment.timetuple())}\n".encode()
@@ -490,16 +591,82 @@ def oldest_first(archive, query: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         last = (page[-1]["received_at"], page[-1]["_id"])
 
 
+MARKER_SENDER = "ImprovMX Webhook Archive <export@archive.invalid>"
+
+
+class MboxExport:
+    """Every message a query matches as one mbox, oldest first, streamed.
+
+    A message that cannot be rebuilt (or whose parts fail to read half-way) must not end
+    everyone's export, and must not be missing in silence either: the export goes on, and
+    ends with a marker message naming each one (see incomplete_export_marker). Closing the
+    iterator (a client that went away) stops the export and closes the part being read.
+    """
+
+    def __init__(self, archive, query: Mapping[str, Any], progress=None):
+        self.archive = archive
+        self.query = query
+        self.progress = progress  # called with 1 per message considered (a CLI progress bar)
+        self.written = 0
+        self.missing: list[tuple[str, str]] = []  # (email_id, why it is not in the file)
+
+    def __iter__(self) -> Iterator[bytes]:
+        for document in oldest_first(self.archive, self.query):
+            if self.progress is not None:
+                self.progress(1)
+            email_id = str(document["_id"])
+            try:
+                entry = mbox_entry(self.archive, document)
+            except Exception as error:
+                log.exception("export: message cannot be rebuilt, named in the closing marker email_id=%s", email_id)
+                self.missing.append((email_id, f"cannot be rebuilt ({type(error).__name__})"))
+                continue
+            try:
+                with contextlib.closing(entry):  # closed early, it closes the part being read
+                    for chunk in entry:
+                        yield chunk
+            except Exception as error:
+                # Bytes of it are out already: end its line and entry so the next one parses.
+                log.exception("export: message cut short, named in the closing marker email_id=%s", email_id)
+                self.missing.append((email_id, f"incomplete, its parts could not be read ({type(error).__name__})"))
+                yield b"\n\n"
+                continue
+            self.written += 1
+        if self.missing:
+            yield incomplete_export_marker(self.missing)
+
+
 def mbox_export(archive, query: Mapping[str, Any]) -> Iterator[bytes]:
-    """The whole mbox, streamed. Closing the generator (a client that went away) stops the
-    export and closes the part being read."""
-    for document in oldest_first(archive, query):
-        try:
-            entry = mbox_entry(archive, document)
-        except Exception:  # one unrebuildable message must not end everyone's export
-            log.exception("export: message skipped, it cannot be rebuilt email_id=%s", document["_id"])
-            continue
-        yield from entry
+    """The whole mbox, streamed, closed by a marker message if any message is missing."""
+    return iter(MboxExport(archive, query))
+
+
+def incomplete_export_marker(missing: list[tuple[str, str]]) -> bytes:
+    """The mbox entry that ends an export some messages are missing from.
+
+    An HTTP download has already answered 200 when a message fails, and a trailer does not
+    survive every proxy; a last message is what every mail program, `grep` and script sees.
+    It carries X-Archive-Export-Incomplete (the count) and lists each id with the reason.
+    """
+    now = datetime.now(timezone.utc)
+    lines = "\n".join(f"{email_id} {why}" for email_id, why in missing)
+    message = EmailMessage(MIME_POLICY)
+    message["From"] = MARKER_SENDER
+    message["Date"] = format_datetime(now)
+    message["Subject"] = f"Export incomplete: {len(missing)} message(s) are not in this file"
+    message["Message-ID"] = "<export-incomplete-%s@archive.invalid>" % hashlib.sha256(
+        f"{now.isoformat()}\n{lines}".encode()).hexdigest()[:32]
+    message[INCOMPLETE_EXPORT_HEADER] = str(len(missing))
+    message.set_content(
+        f"This export is incomplete: the {len(missing)} message(s) below matched it but are not in\n"
+        "this file (or, if cut short, not whole). Every other message is. They are still stored\n"
+        "in the archive: read them with GET /emails/<id> or in the web UI, and report the reason\n"
+        "shown, with the server's log line for the id, as a bug.\n\n"
+        f"{lines}\n", charset="utf-8")
+    out = BytesIO()
+    BytesGenerator(out, mangle_from_=False, policy=MIME_POLICY.clone(linesep="\n")).flatten(message)
+    body = FROM_LINE.sub(rb">\1", out.getvalue())
+    return b"".join(_framed(f"From MAILER-DAEMON {time.asctime(now.timetuple())}\n".encode(), iter([body])))
 
 
 # ---------------------------------------------------------------------------------------------

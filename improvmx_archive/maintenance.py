@@ -25,6 +25,7 @@ from bson import ObjectId
 from flask import Flask
 from pymongo.errors import PyMongoError
 
+from .changes import note_change
 from .indexer import SearchIndexer
 from .lease import Lease
 from .notify import Notifier
@@ -158,7 +159,7 @@ class Maintenance:
         return True
 
     def migrate_blob_refs(self) -> None:
-        """Give messages stored before blob_ids and audience existed those fields, once per
+        """Give messages stored before blob_ids, audience and delivered_to existed those fields, once per
         process (here, not at start-up, so a large archive never holds a booting worker
         past its timeout)."""
         if self._blob_refs_migrated:
@@ -169,6 +170,11 @@ class Maintenance:
         tagged = self.archive.migrate_audience()
         if tagged:
             log.info("gave %d older message(s) their audience tags (the visibility rule)", tagged)
+        delivered = self.archive.migrate_delivered_to()
+        if delivered:
+            log.info("gave %d older message(s) their delivered_to addresses (the UI's aliases)", delivered)
+        if tagged or delivered:
+            note_change(self.archive.database)  # cached alias lists and per-view figures are stale
         self._blob_refs_migrated = True
 
     def index_search(self) -> None:

@@ -115,16 +115,19 @@ TRANSFER_PATHS = {
                        "multipart/related > multipart/alternative, with CRLF line endings. Header order is trace "
                        "fields, then originator and destination fields, then the rest (the JSON does not keep the "
                        "original order); DKIM signatures inside no longer verify. An X-Archive-Reconstructed "
-                       "header says so.",
+                       "header says so. An address that is not ASCII is written as stored, in a UTF-8 header "
+                       "(RFC 6532). A message that cannot be rebuilt answers 500 with a JSON error saying so.",
         "security": BEARER, "parameters": [EMAIL_ID],
         "responses": {"200": {"description": "The message, streamed", "content": {"message/rfc822": RAW_MESSAGE}},
-                      **_error_responses(*AUTH_ERRORS, 404)}}},
+                      **_error_responses(*AUTH_ERRORS, 404, 500)}}},
     "/export.mbox": {"get": {
         "summary": "Every matching message, oldest first, as one streamed mbox (mboxrd)",
         "description": "Takes the filters of GET /emails, q included (paging does not apply: everything "
                        "matching is exported). LF line endings, `From <sender> <asctime UTC of received_at>` separators, "
                        "`>From ` quoting reversible (mboxrd). Streamed at constant memory; a client that "
-                       "disconnects stops the export.",
+                       "disconnects stops the export. A message that cannot be rebuilt is never left out in "
+                       "silence: the mbox then ends with a marker message carrying X-Archive-Export-Incomplete "
+                       "(the count) and listing each missing id with the reason.",
         "security": BEARER,
         "parameters": [p for p in LIST_PARAMETERS if p["name"] not in ("limit", "skip", "cursor", "count")],
         "responses": {"200": {"description": "The mbox, streamed", "content": {"application/mbox": RAW_MESSAGE}},
@@ -159,7 +162,9 @@ def build_spec() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "One of the keys in API_KEY."}},
+                                           "description": "One of the operator keys in API_KEY, or a person's "
+                                                          "own key (imxa_...): it sees only that person's mail, "
+                                                          "and only what its scopes (read, write) allow."}},
             "responses": {"Error": {"description": "Error", "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/Error"}}}}},
             "schemas": {

@@ -128,6 +128,23 @@ def envelope_recipients(envelope: Any) -> list[Any]:
     return found
 
 
+# The addresses a message was delivered to (envelope recipients, Delivered-To): the archive's
+# own aliases, as opposed to every correspondent in To and Cc.
+DELIVERED_TO = "delivered_to"
+
+
+def delivered_to_values(envelope: Any, headers: Any) -> list[Any]:
+    return envelope_recipients(envelope) + header_values(headers, "Delivered-To")
+
+
+def delivered_addresses(envelope: Any, headers: Any) -> list[str]:
+    """The lower-cased addresses of delivered_to_values, each once."""
+    found: list[dict] = []
+    for value in delivered_to_values(envelope, headers):
+        found.extend(parse_address_list(value)[0])
+    return _lower_emails(found)
+
+
 def make_snippet(text: Any, html: Any) -> str:
     """A short plain-text preview for listings, from text or else from stripped HTML.
 
@@ -307,9 +324,11 @@ def normalise(payload: dict[str, Any]) -> Message:
         recipients.extend(found)
         if key == "to":
             to_addresses = found
-    for value in envelope_recipients(payload.get("envelope")) + header_values(headers, "Delivered-To"):
+    delivered: list[dict] = []
+    for value in delivered_to_values(payload.get("envelope"), headers):
         found, _ = parse_address_list(value)
-        recipients.extend(found)
+        delivered.extend(found)
+    recipients.extend(delivered)
 
     subject = payload.get("subject")
     if subject is not None and not isinstance(subject, str):
@@ -321,6 +340,7 @@ def normalise(payload: dict[str, Any]) -> Message:
         "from_email": sender["email"].lower() if sender else None,
         "to_emails": _lower_emails(to_addresses),
         "recipients": _lower_emails(recipients),
+        DELIVERED_TO: _lower_emails(delivered),
         AUDIENCE: audience_of(_lower_emails(recipients)),
         "subject_lower": subject_text.lower(),
         "snippet": make_snippet(text, html),

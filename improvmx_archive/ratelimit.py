@@ -8,6 +8,14 @@ limits fall back to per-process memory rather than refusing mail.
 One module-level limiter serves every app built in the process (tests build many), so the
 per-app values (the global limit, the on/off switch) are read from the app's settings at
 request time rather than fixed by whichever app called init_app first.
+
+Who is counted: a request that carries a valid credential for what it asks (a bearer key on
+an API route, a session on a UI page) counts against its principal's `rate_key` (a person,
+all their keys together, or the operator), under RATELIMIT_AUTHENTICATED and the route's own
+limit; anything else (no credential, a wrong or revoked one) counts against the client
+address under the strict RATELIMIT_GLOBAL. The limiter runs before the route's guard, so
+each guard declares how to identify its caller early, without raising or counting a failure
+(`identify_caller` on the view, or a blueprint's identifier); the answer is kept on `g`.
 """
 
 from __future__ import annotations
@@ -16,9 +24,11 @@ import atexit
 import logging
 import math
 import time
+from collections.abc import Callable
+from typing import Any
 
-from flask import Flask, current_app, request
-from flask_limiter import Limiter, RateLimitExceeded
+from flask import Flask, current_app, g, request
+from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded
 from pymongo.errors import PyMongoError
 
 from .config import Settings
@@ -48,10 +58,48 @@ def _global_limits_exempt() -> bool:
     return getattr(view, "exempt_from_global_limits", False)
 
 
-limiter = Limiter(key_func=client_ip, strategy="moving-window", headers_enabled=False,
+_BLUEPRINT_IDENTIFIERS: dict[str, Callable[[], Any]] = {}
+_UNRESOLVED = object()
+
+
+def identify_blueprint_callers(blueprint: str, identify: Callable[[], Any]) -> None:
+    """Let every request to `blueprint` be counted per principal: identify() returns the
+    caller's Principal when the request carries a valid credential, else None; it never raises."""
+    _BLUEPRINT_IDENTIFIERS[blueprint] = identify
+
+
+def identified_caller():
+    """The request's principal if it carries a valid credential for this route, else None;
+    resolved once per request, before the route's guard runs."""
+    found = g.get("rate_caller", _UNRESOLVED)
+    if found is _UNRESOLVED:
+        view = current_app.view_functions.get(request.endpoint or "")
+        identify = getattr(view, "identify_caller", None) or _BLUEPRINT_IDENTIFIERS.get(request.blueprint or "")
+        found = identify() if identify else None
+        g.rate_caller = found
+    return found
+
+
+def rate_identity() -> str:
+    """What a request counts against: its principal's rate_key, or the client address."""
+    caller = identified_caller()
+    return caller.rate_key if caller is not None else client_ip()
+
+
+def _authenticated() -> bool:
+    return identified_caller() is not None
+
+
+limiter = Limiter(key_func=rate_identity, strategy="moving-window", headers_enabled=False,
                   swallow_errors=True, in_memory_fallback_enabled=True,
-                  application_limits=[configured_limit("RATELIMIT_GLOBAL")],
-                  application_limits_exempt_when=_global_limits_exempt)
+                  application_limits=[
+                      # Unauthenticated and failed requests: strict, per address.
+                      ApplicationLimit(configured_limit("RATELIMIT_GLOBAL"), scope="global",
+                                       exempt_when=lambda: _global_limits_exempt() or _authenticated()),
+                      # A valid credential: per person (or operator), sized for scripts.
+                      ApplicationLimit(configured_limit("RATELIMIT_AUTHENTICATED"), scope="authenticated",
+                                       exempt_when=lambda: _global_limits_exempt() or not _authenticated()),
+                  ])
 
 
 @limiter.request_filter
@@ -72,7 +120,7 @@ def _storage_options(settings: Settings) -> dict:
 
 
 def _too_many_requests(error: RateLimitExceeded):
-    log.warning("rate limit exceeded ip=%s limit=%s", client_ip(), error.description)
+    log.warning("rate limit exceeded ip=%s counted=%s limit=%s", client_ip(), rate_identity(), error.description)
     return error_response(429, f"Rate limit exceeded: {error.description}")
 
 

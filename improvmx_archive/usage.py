@@ -4,8 +4,9 @@ really keeps. One answer for the metrics and the UI's overview.
 Parts are counted wherever they are kept: small ones ride inline in the message document,
 larger ones live once per digest in GridFS, so "what deduplication saved" compares the
 GridFS-backed parts and bodies with the blobs actually stored. The figures take several
-aggregations over the whole archive, so they are computed at most every few minutes by one
-worker on one host (under a lease) and kept in MongoDB, where every reader finds them.
+aggregations over the whole archive, so they are computed by one worker on one host at a time
+(under a lease) and kept in MongoDB, where every reader finds them: at most every few minutes
+for the metrics, and again whenever mail was added or deleted for the UI.
 Plain $unwind/$match/$group only: SecantusDB, unlike MongoDB, does not sum an array in $project.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+from .changes import content_mark
 from .lease import Lease
 from .times import as_utc
 
@@ -52,15 +54,26 @@ def storage_usage(database) -> dict[str, int]:
             "dedup_saved": max(0, gridfs_backed - blob_bytes)}
 
 
-def current_usage(database, max_age: timedelta = REFRESH_EVERY) -> dict[str, int]:
+def current_usage(database, max_age: timedelta = REFRESH_EVERY, follow_changes: bool = False) -> dict[str, int]:
     """The newest storage figures, recomputed when older than max_age by whichever caller
-    takes the lease; the others keep answering with the previous figures meanwhile."""
+    takes the lease; the others keep answering with the previous figures meanwhile.
+
+    follow_changes (the UI, next to exact counts): figures computed before mail was added
+    or deleted (changes.content_mark) are stale at any age, so they agree with the rest
+    of the page; the lease still lets one computation run at a time."""
     snapshots = database[SNAPSHOTS]
     snapshot = snapshots.find_one({"_id": SNAPSHOT_ID})
     now = datetime.now(timezone.utc)
+    mark = list(content_mark(database))
+    lease = Lease(database, USAGE_LEASE)
     if snapshot is not None:
-        if as_utc(snapshot["computed_at"]) > now - max_age or not Lease(database, USAGE_LEASE).acquire(max_age):
+        current = not follow_changes or snapshot.get("mark") == mark
+        if (as_utc(snapshot["computed_at"]) > now - max_age and current) or not lease.acquire(max_age):
             return snapshot["usage"]
-    usage = storage_usage(database)
-    snapshots.replace_one({"_id": SNAPSHOT_ID}, {"usage": usage, "computed_at": now}, upsert=True)
+    try:
+        usage = storage_usage(database)
+        snapshots.replace_one({"_id": SNAPSHOT_ID}, {"usage": usage, "computed_at": now, "mark": mark},
+                              upsert=True)
+    finally:
+        lease.release()
     return usage

@@ -91,7 +91,8 @@ class People:
 
     def _update(self, name: str, change: dict[str, Any]) -> dict[str, Any]:
         change.setdefault("$set", {})["updated_at"] = datetime.now(timezone.utc)
-        person = self.collection.find_one_and_update({"name": name}, change, return_document=True)
+        person = self.collection.find_one_and_update({"name": name}, change, projection={"password_hash": 0},
+                                                     return_document=True)
         if person is None:
             raise PeopleError(f"no person named {name!r}")
         return person
@@ -109,6 +110,10 @@ class People:
         if role not in ROLES:
             raise PeopleError(f"role must be one of {', '.join(ROLES)}")
         return self._update(name, {"$set": {"role": role}})
+
+    def set_password_hash(self, name: str, password_hash: str) -> dict[str, Any]:
+        """Store a hash made by passwords.hash_password (never a password)."""
+        return self._update(name, {"$set": {"password_hash": password_hash}})
 
     def list(self) -> list[dict[str, Any]]:
         return list(self.collection.find({}, {"password_hash": 0}).sort("name", ASCENDING))

@@ -3,6 +3,7 @@ and deletion."""
 
 from __future__ import annotations
 
+import mimetypes
 import re
 import unicodedata
 from datetime import datetime
@@ -27,7 +28,7 @@ _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*
 INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf"}
 INTERNAL_FIELDS = {"idempotency_key", "blob_ids", "subject_lower", "subject_trigrams", "to_emails", "recipients",
                    "bodies", "overflow", "tokens", "search", "search_pending", "search_version", "search_error",
-                   "notify_pending", "audience",
+                   "notify_pending", "audience", "delivered_to",
                    "imap_uid", "imap_size"}  # the IMAP view's numbering (imap/numbering.py)
 
 
@@ -123,6 +124,38 @@ def safe_filename(name: str | None, fallback: str) -> str:
     return name[:200] or fallback
 
 
+# Names for parts that came without one, from their type: what a bounce or report carries.
+TYPE_NAMES = {
+    "message/delivery-status": "delivery-status.txt",
+    "message/global-delivery-status": "delivery-status.txt",
+    "message/disposition-notification": "disposition-notification.txt",
+    "message/global-disposition-notification": "disposition-notification.txt",
+    "message/feedback-report": "feedback-report.txt",
+    "message/rfc822": "original-message.eml",
+    "message/global": "original-message.eml",
+    "text/rfc822-headers": "original-headers.txt",
+    "message/global-headers": "original-headers.txt",
+    "message/external-body": "external-body.txt",
+    "text/plain": "text.txt",
+    "text/html": "message.html",
+    "text/calendar": "invitation.ics",
+}
+_STEMS = {"image": "image", "audio": "audio", "video": "video", "text": "text", "font": "font", "model": "model"}
+
+
+def part_name(record: dict[str, Any]) -> str:
+    """The part's own file name, or one made from its type (delivery-status.txt,
+    original-message.eml, image.png ...) for a part that came without one."""
+    name = record.get("name")
+    if isinstance(name, str) and name.strip():
+        return name
+    content_type = str(record.get("type") or "").strip().lower()
+    if content_type in TYPE_NAMES:
+        return TYPE_NAMES[content_type]
+    extension = mimetypes.guess_extension(content_type, strict=False) if _MIME_TYPE.match(content_type) else None
+    return _STEMS.get(content_type.split("/")[0], "file") + (extension or ".bin")
+
+
 def content_disposition(disposition: str, filename: str) -> str:
     """RFC 6266: an ASCII fallback plus the exact UTF-8 name in filename*."""
     ascii_name = filename.encode("ascii", "ignore").decode().replace('"', "_").replace("\\", "_").strip()
@@ -148,7 +181,7 @@ def part_response(email_id: str, *, name: str | None = None, position: int | Non
     mimetype = content_type
     if content_type.startswith("text/") and record.get("stored_as") != "base64":
         mimetype += "; charset=utf-8"
-    filename = safe_filename(record.get("name"), f"attachment-{record.get('index', 0)}")
+    filename = safe_filename(record.get("name"), part_name({"type": record.get("type")}))
     response = Response(blob.chunks, content_type=mimetype, direct_passthrough=True)
     response.content_length = blob.length
     response.headers["Content-Disposition"] = content_disposition(disposition, filename)

@@ -12,7 +12,7 @@ from ..access.scoped import visible_archive
 from ..db import DatabaseUnavailable
 from ..errors import ApiError
 from ..ratelimit import configured_limit, limiter
-from ..mailio import NotAMessage, import_raw
+from ..mailio import NotAMessage, Unrebuildable, import_raw
 from ..listing import parse_filters
 from ..times import api_time
 from .emails import content_disposition
@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("transfer", __name__)
 
 RAW_MESSAGE_TYPES = ("message/rfc822",)
+UNREBUILDABLE_MESSAGE = ("This message is stored but {reason} as MIME; read it with GET /emails/<id> "
+                         "and its attachments, and report the problem (the server log names the message)")
 
 
 @bp.get("/emails/<email_id>/raw")
@@ -33,7 +35,10 @@ def raw_message(email_id: str):
 
 def eml_response(email_id: str) -> Response:
     """The rebuilt message as a streamed .eml download (the API's /raw and the UI's button)."""
-    chunks = visible_archive().rebuild(email_id)
+    try:
+        chunks = visible_archive().rebuild(email_id)
+    except Unrebuildable as error:
+        raise ApiError(500, UNREBUILDABLE_MESSAGE.format(reason=error.reason)) from None
     if chunks is None:
         raise ApiError(404, "Email not found")
     return _streamed_download(chunks, "message/rfc822", f"{email_id}.eml")

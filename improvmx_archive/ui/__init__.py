@@ -11,11 +11,13 @@ import hashlib
 import hmac
 from datetime import timedelta
 
-from flask import Flask, request
+from flask import Flask, request, send_from_directory
 from flask.sessions import SecureCookieSessionInterface
 
 from ..config import Settings
+from ..ratelimit import limiter
 from . import auth, inbox, message, overview  # noqa: F401  (their routes join the blueprint)
+from . import team  # noqa: F401  (account, keys and people pages)
 from .blueprint import bp, csrf
 from .formatting import FILTERS
 from .inbox import list_url
@@ -60,3 +62,10 @@ def register_ui(app: Flask, settings: Settings) -> None:
     app.jinja_env.filters.update(FILTERS)
     app.jinja_env.globals.update(list_url=list_url, message_url=message_url)
     app.register_blueprint(bp)
+    app.add_url_rule("/favicon.ico", "favicon", limiter.exempt(_favicon))
+
+
+def _favicon():
+    """The UI's icon where every browser asks for it first (also linked from each page); no
+    rate limit, since browsers fetch it on their own."""
+    return send_from_directory(bp.static_folder, "favicon.ico", mimetype="image/vnd.microsoft.icon", max_age=86400)

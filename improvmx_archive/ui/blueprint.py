@@ -15,7 +15,8 @@ from werkzeug.exceptions import HTTPException
 from ..access.principal import Principal
 from ..db import DatabaseUnavailable
 from ..errors import MESSAGES, ApiError
-from ..ratelimit import configured_limit, limiter
+from ..mailio import Unrebuildable
+from ..ratelimit import configured_limit, identify_blueprint_callers, limiter
 from ..security import CSP_UI
 from .sessions import COOKIE_NAME, UiSession
 
@@ -62,14 +63,32 @@ def principal_of(session: UiSession) -> Principal | None:
     return Principal.for_person(person, via="session") if person else None
 
 
+def _session_and_principal() -> tuple[UiSession | None, Principal | None]:
+    """The request's live session and who it stands for, looked up once per request."""
+    if "ui_caller" not in g:
+        session = current_app.extensions["ui_sessions"].resume(request.cookies.get(COOKIE_NAME))
+        g.ui_caller = (session, principal_of(session) if session else None)
+    return g.ui_caller
+
+
+def _identify_session() -> Principal | None:
+    """For the rate limiter: a signed-in reader counts per person (RATELIMIT_UI), others per address."""
+    try:
+        return _session_and_principal()[1]
+    except PyMongoError:
+        return None
+
+
+identify_blueprint_callers(bp.name, _identify_session)
+
+
 def signed_in(view):
     """Decorator: the view runs only within a live session (g.ui_session, g.principal);
     otherwise the reader is sent to the sign-in page and comes back afterwards."""
 
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        session = current_app.extensions["ui_sessions"].resume(request.cookies.get(COOKIE_NAME))
-        principal = principal_of(session) if session else None
+        session, principal = _session_and_principal()
         if principal is None:
             if request.method == "GET":
                 return redirect(url_for("ui.login", next=request.full_path.rstrip("?")))
@@ -118,3 +137,10 @@ def _database_error(error: Exception):
 def _unexpected(error: Exception):
     log.exception("unhandled error in the UI")
     return render_error(500, "Something went wrong on our side. The error has been logged.")
+
+
+@bp.errorhandler(Unrebuildable)
+def _unrebuildable(error: Unrebuildable):
+    """The Source tab of a message the rebuild fails on: say so, the other tabs still work."""
+    return render_error(500, f"This message is stored, but it {error.reason} as MIME, so its source cannot be "
+                             "shown. Its other tabs and attachments still work; the error has been logged.")

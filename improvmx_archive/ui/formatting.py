@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from ..routes.emails import part_name
 from ..times import as_utc
 
 _UNITS = ("B", "KB", "MB", "GB", "TB")
@@ -61,5 +62,24 @@ def sender_name(value: Any) -> str:
     return value if isinstance(value, str) and value else "(no sender)"
 
 
+def _texts(value: Any, depth: int = 0) -> list[str]:
+    """The strings and numbers inside a value of any JSON shape, in order."""
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    if isinstance(value, bool) or value is None or depth > 8:
+        return []
+    if isinstance(value, (int, float)):
+        return [str(value)]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return [text for item in items for text in _texts(item, depth + 1)]
+
+
+def subject_text(value: Any) -> str:
+    """A subject as text whatever shape it was stored in (a list or an object from an odd
+    payload shows its words, never a Python repr); "(no subject)" when it has none."""
+    return " ".join(" ".join(_texts(value)).split()) or "(no subject)"
+
+
 FILTERS = {"exact_utc": exact_utc, "relative_time": relative_time, "human_size": human_size,
-           "address": address, "sender_name": sender_name}
+           "address": address, "sender_name": sender_name, "subject_text": subject_text,
+           "part_name": part_name}

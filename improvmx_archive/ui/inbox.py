@@ -10,8 +10,10 @@ from bson import ObjectId
 from flask import current_app, flash, redirect, render_template, request, url_for
 
 from ..access.scoped import visible_archive
+from ..changes import content_mark
 from ..deletion import MessageOnHold
 from ..listing import Page, parse_filters
+from ..query import QueryError
 from .auth import safe_next
 from .blueprint import bp, render_error, signed_in
 from .stats import recipient_aliases
@@ -38,17 +40,23 @@ def _aliases() -> list[tuple[str, int]]:
     archive = visible_archive()
     view = json.dumps(archive.visibility, sort_keys=True)
     return current_app.extensions["ui_stats"].get(
-        f"aliases:{view}", lambda: recipient_aliases(archive.archive.emails, settings.domains, archive.visibility))
+        f"aliases:{view}", lambda: recipient_aliases(archive.archive.emails, settings.domains, archive.visibility),
+        mark=content_mark(archive.archive.database))
 
 
 @bp.get("/")
 @signed_in
 def inbox():
+    """The list; a search or filter the parser refuses shows the inbox anyway, with the
+    reason next to the query as typed (400), so it can be corrected in place."""
     cursor = request.args.get("cursor") or None
-    page = list_page(cursor, count=True)
+    try:
+        page, problem, status = list_page(cursor, count=True), None, 200
+    except QueryError as error:
+        page, problem, status = Page([], None, 0), error.message, 400
     return render_template("ui/inbox.html", page=page, cursor=cursor or "", previous=request.args.get("pc"),
-                           current=list_args(request.args), aliases=_aliases(),
-                           back=request.full_path.rstrip("?"))
+                           current=list_args(request.args), aliases=_aliases(), problem=problem,
+                           back=request.full_path.rstrip("?")), status
 
 
 def list_url(**overrides: str | None) -> str:

@@ -26,6 +26,7 @@ from ..routes.emails import part_response, present
 from ..routes.transfer import eml_response
 from ..security import csp_message_frame
 from .auth import safe_next
+from .framesize import frame_classes
 from .blueprint import bp, principal_of, signed_in
 from .inbox import PAGE_SIZE, list_args, list_page
 from .sanitize import clean_html
@@ -88,15 +89,43 @@ def linkify(text: str) -> Markup:
     return Markup("").join(pieces)
 
 
-def _header_rows(headers: Any) -> list[tuple[str, str]]:
-    if not isinstance(headers, dict):
-        return []
-    rows = []
-    for name, value in sorted(headers.items(), key=lambda item: str(item[0]).lower()):
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, dict) and "email" in item:
-                item = f"{item.get('name') or ''} <{item['email']}>".strip()
-            rows.append((str(name), item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)))
+# Header fields ImprovMX's parser (mailparse) lifts out of `headers` into fields of their own
+# (Sender among the payload's unknown fields), with the names they had in the message.
+LIFTED_HEADERS = {"return-path": "Return-Path", "date": "Date", "from": "From", "sender": "Sender",
+                  "to": "To", "cc": "Cc", "bcc": "Bcc", "message-id": "Message-ID", "subject": "Subject"}
+
+
+def _header_text(value: Any) -> str:
+    if isinstance(value, dict) and "email" in value:
+        return f"{value.get('name') or ''} <{value['email']}>".strip()
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _header_field_rows(name: str, value: Any) -> list[tuple[str, str]]:
+    """One row per stored value: a repeated header (a list) keeps its order, a list of
+    addresses is one header."""
+    items = value if isinstance(value, list) else [value]
+    if items and all(isinstance(item, dict) and "email" in item for item in items):
+        return [(name, ", ".join(_header_text(item) for item in items))]
+    return [(name, _header_text(item)) for item in items if item is not None]
+
+
+def header_rows(document: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every header the message stores, in the order it is stored: the `headers` object
+    and the fields the parser took out of it, where each sits in the document."""
+    rows: list[tuple[str, str]] = []
+
+    def walk(fields: Any) -> None:
+        for key, value in (fields.items() if isinstance(fields, dict) else ()):
+            if key == "headers" and fields is document:
+                for name, stored in (value.items() if isinstance(value, dict) else ()):
+                    rows.extend(_header_field_rows(str(name), stored))
+            elif key == "extra" and fields is document:
+                walk(value)
+            elif key in LIFTED_HEADERS and value is not None:
+                rows.extend(_header_field_rows(LIFTED_HEADERS[key], value))
+
+    walk(document)
     return rows
 
 
@@ -105,10 +134,14 @@ def _addresses(value: Any) -> list[dict[str, Any]]:
     return parse_address_list(value)[0]
 
 
-def _remote_images(document: dict[str, Any]) -> int:
-    """How many remote images the frame blocks, so the notice appears only when it matters."""
+def _html_view(document: dict[str, Any], remote: bool) -> tuple[int, str]:
+    """How many remote images the frame blocks (so the notice appears only when it matters),
+    and the frame's size classes, from the HTML cleaned as the frame will show it."""
     html = document.get("html")
-    return clean_html(html, lambda cid: None).remote_images if isinstance(html, str) else 0
+    if not isinstance(html, str):
+        return 0, ""
+    cleaned = clean_html(html, lambda cid: f"cid:{cid}", remote=remote)  # any src: it only sizes images
+    return cleaned.remote_images, frame_classes(cleaned.html)
 
 
 def _source(email_id: str) -> tuple[str, bool]:
@@ -175,6 +208,8 @@ def message(email_id: str):
     except QueryError:
         before = after = None  # a stale or altered list position: the message itself still shows
     current = list_args(request.args)
+    remote = request.args.get("remote") == "1"
+    remote_images, frame_size = _html_view(document, remote) if tab == "html" else (0, "")
     return render_template(
         "ui/message.html", email=shown, document=document, tab=tab, current=current,
         before=before, after=after, verdicts=verdicts(document),
@@ -182,10 +217,9 @@ def message(email_id: str):
         to=_addresses(document.get("to")), cc=_addresses(document.get("cc")),
         sender=_addresses(document.get("from")),
         text=linkify(document["text"]) if isinstance(document.get("text"), str) else None,
-        header_rows=_header_rows(document.get("headers")),
+        header_rows=header_rows(document),
         source=_source(email_id) if tab == "source" else None,
-        remote=request.args.get("remote") == "1",
-        remote_images=_remote_images(document) if tab == "html" else 0,
+        remote=remote, remote_images=remote_images, frame_classes=frame_size,
         back=request.full_path.rstrip("?"),
     )
 
@@ -204,7 +238,7 @@ def frame(email_id: str):
         return f"{prefix}{position}" if position is not None else None
 
     remote = request.args.get("remote") == "1"
-    cleaned = clean_html(document.get("html") or "", inline_url)
+    cleaned = clean_html(document.get("html") or "", inline_url, remote=remote)
     page = render_template("ui/frame.html", body=Markup(cleaned.html))
     response = make_response(page)
     response.headers["Content-Security-Policy"] = csp_message_frame(prefix, remote)

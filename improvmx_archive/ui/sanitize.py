@@ -4,9 +4,10 @@ A `<style>` block is first folded into the elements' style attributes by css-inl
 remote and local stylesheets never loaded, so a newsletter keeps its look; the attributes
 then pass the same checks as any other. nh3 (the Rust ammonia sanitiser) then keeps only
 listed tags and attributes. What it cannot be
-told is done in its attribute filter: links only to http(s) and mailto, images only from
-http(s) (blocked later by the frame's CSP unless the reader asks), from data: image types,
-or from the message's own parts (cid: rewritten), and style attributes rebuilt declaration
+told is done in its attribute filter: links only to http(s) and mailto, images from data:
+image types or from the message's own parts (cid: rewritten), http(s) images only once the
+reader asks for remote content (until then their src is dropped and counted, so the HTML
+itself loads nothing remote even where the frame's CSP is lost), and style attributes rebuilt declaration
 by declaration without anything that could fetch (url(), image-set(), @import) or run
 (expression(), behaviours). nh3 checks schemes before the filter and never re-checks what
 the filter returns, so the filter returns only values it has built or fully checked.
@@ -44,7 +45,7 @@ URL_SCHEMES = {"http", "https", "mailto", "cid", "data"}
 _DATA_IMAGE = re.compile(r"^data:image/(?:png|gif|jpeg|webp);base64,[a-z0-9+/=\s]*$", re.I)
 _PROPERTY = re.compile(r"^[a-z][a-z-]*$")
 # Anything in a declaration value that can load a resource, run code or hide either.
-_UNSAFE_VALUE = re.compile(r"url\(|image-set|image\(|cross-fade|element\(|var\(|expression|javascript|vbscript|"
+_UNSAFE_VALUE = re.compile(r"url\(|src\(|attr\(|image-set|image\(|cross-fade|element\(|var\(|expression|javascript|vbscript|"
                            r"behavior|binding|@import|[\\@<>]|/\*", re.I)
 _STYLE_LENGTH_LIMIT = 4000
 
@@ -55,7 +56,7 @@ _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False, keep_style_tags=
 @dataclass
 class CleanedHtml:
     html: str
-    remote_images: int  # http(s) images kept: shown only when the reader asks
+    remote_images: int  # http(s) images: their src is kept only when the reader asks (remote=True)
 
 
 @functools.lru_cache(maxsize=4096)  # newsletters repeat a few style strings hundreds of times
@@ -88,13 +89,15 @@ def _scheme(value: str) -> str:
     return head.strip().lower() if colon else ""
 
 
-def clean_html(html: str, inline_url: Callable[[str], str | None]) -> CleanedHtml:
+def clean_html(html: str, inline_url: Callable[[str], str | None], remote: bool = False) -> CleanedHtml:
     """Sanitised HTML for the message frame. inline_url maps a Content-ID to the URL of the
-    message's own part (None when the message has no such inline, and the image is dropped)."""
-    remote = 0
+    message's own part (None when the message has no such inline, and the image is dropped).
+    Remote (http/https) images keep their src only with remote=True; otherwise the result
+    holds no URL a browser would fetch from another server."""
+    remote_found = 0
 
     def attribute_filter(tag: str, attribute: str, value: str) -> str | None:
-        nonlocal remote
+        nonlocal remote_found
         if attribute == "style":
             return clean_style(value)
         if attribute == "href":
@@ -106,8 +109,8 @@ def clean_html(html: str, inline_url: Callable[[str], str | None]) -> CleanedHtm
             if scheme == "cid":
                 return inline_url(value.split(":", 1)[1].strip().strip("<>"))
             if scheme in {"http", "https"}:
-                remote += 1
-                return value
+                remote_found += 1
+                return value if remote else None
             return value if scheme == "data" and _DATA_IMAGE.match(value) else None
         return value
 
@@ -122,4 +125,4 @@ def clean_html(html: str, inline_url: Callable[[str], str | None]) -> CleanedHtm
         url_schemes=URL_SCHEMES,
         url_relative="deny",
     )
-    return CleanedHtml(cleaned, remote)
+    return CleanedHtml(cleaned, remote_found)

@@ -85,6 +85,13 @@ class UiSessions:
             return None
         return UiSession(session_id, expires_at, person_id)
 
+    def end_person(self, person_id: str, keep: str | None = None) -> int:
+        """End every session of a person but `keep` (a session id); how many ended."""
+        selector = {"person_id": str(person_id)}
+        if keep:
+            selector["_id"] = {"$ne": keep}
+        return self.collection.delete_many(selector).deleted_count
+
     def end(self, token: str | None) -> None:
         if token and len(token) <= 100:
             self.collection.delete_one({"_id": _token_hash(token)})

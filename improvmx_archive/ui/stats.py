@@ -1,5 +1,7 @@
 """What the inbox sidebar and the overview count, each query bounded by an index or a window
-and its answer kept a few minutes per worker, so a busy page never rescans the archive."""
+and its answer kept per worker until the archive changes (changes.content_mark: mail added,
+deleted or re-tagged, on any worker or host) or a few minutes pass, so a busy page never
+rescans an unchanged archive and never shows figures older than the page's other numbers."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from typing import Any
 
 from pymongo import DESCENDING
 
+from ..payload import DELIVERED_TO
+
 CACHE_SECONDS = 300
 ALIAS_SAMPLE = 20_000  # newest messages whose recipients make up the sidebar's alias list
 ALIASES_SHOWN = 30
@@ -19,22 +23,25 @@ SENDERS_SHOWN = 10
 
 
 class TimedCache:
-    """Values computed at most once per `seconds` per key; shared by a worker's threads."""
+    """Values computed at most once per `seconds` per key and archive state; shared by a
+    worker's threads."""
 
     def __init__(self, seconds: float = CACHE_SECONDS):
         self.seconds = seconds
-        self._values: dict[str, tuple[float, Any]] = {}
+        self._values: dict[str, tuple[float, Any, Any]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: str, compute: Callable[[], Any]) -> Any:
+    def get(self, key: str, compute: Callable[[], Any], mark: Any = None) -> Any:
+        """The cached value unless it is older than `seconds` or was computed under another
+        `mark` (pass changes.content_mark, read before computing)."""
         now = time.monotonic()
         with self._lock:
             found = self._values.get(key)
-        if found and now - found[0] < self.seconds:
+        if found and now - found[0] < self.seconds and found[2] == mark:
             return found[1]
         value = compute()
         with self._lock:
-            self._values[key] = (now, value)
+            self._values[key] = (now, value, mark)
         return value
 
 
@@ -47,17 +54,19 @@ def recipient_aliases(emails, domains: tuple[str, ...], within: dict[str, Any]) 
     """The archive's own addresses, as far as `within` (a visibility filter) shows, with how
     many of those messages each received.
 
-    Which addresses: the most frequent among the newest ALIAS_SAMPLE messages (in DOMINIO
-    when it is set, so a Cc'd outsider is not an alias). Their counts: exact, one indexed
-    count each on by_recipient.
+    Which addresses: the most frequent among the newest ALIAS_SAMPLE messages, of those
+    each was delivered to (`delivered_to`: envelope recipients and Delivered-To, never a
+    To or Cc correspondent); with DOMINIO set, of their recipients in those domains (the
+    delivered-to addresses among them).
+    Their counts: exact, one indexed count each on by_recipient (what the alias link lists).
     """
     sample = emails.aggregate([
         {"$match": within},
         {"$sort": {"received_at": DESCENDING, "_id": DESCENDING}},
         {"$limit": ALIAS_SAMPLE},
-        {"$project": {"recipients": 1}},
-        {"$unwind": "$recipients"},
-        {"$group": {"_id": "$recipients", "seen": {"$sum": 1}}},
+        {"$project": {"addresses": "$recipients" if domains else f"${DELIVERED_TO}"}},
+        {"$unwind": "$addresses"},
+        {"$group": {"_id": "$addresses", "seen": {"$sum": 1}}},
         {"$sort": {"seen": DESCENDING, "_id": 1}},
     ])
     addresses = [row["_id"] for row in sample if isinstance(row["_id"], str) and _in_domains(row["_id"], domains)]

@@ -28,6 +28,8 @@ import pytest
 from pymongo import MongoClient
 
 from devtools import processes
+from improvmx_archive.access.keys import Keys
+from improvmx_archive.access.people import People
 from improvmx_archive.sample import payload_from_mime, sample_mime
 
 pytestmark = pytest.mark.slow
@@ -41,6 +43,7 @@ BEARER = {"Authorization": f"Bearer {API_KEY}"}
 BAD_KEY = {"Authorization": "Bearer guessed-key-0123456789abcdef"}
 LOCKED = {"success": False, "error": "Too many failed attempts. Please try again later."}
 LIST_LIMITED = {"success": False, "error": "Rate limit exceeded: 20 per 1 minute"}
+GLOBAL_LIMITED = {"success": False, "error": "Rate limit exceeded: 50 per 1 hour"}
 SOURCE_REFUSED = {"success": False, "error": "Source address not allowed"}
 TOO_LARGE = {"success": False, "error": "Request body too large"}
 # Generous: a worker still loading the app under a busy CI machine must not fail a test.
@@ -160,6 +163,21 @@ def servers(secantus_server, tmp_path_factory, database_name):
             client.drop_database(database_name)
 
 
+@pytest.fixture(scope="module")
+def personal_key(servers, secantus_server, database_name):
+    """A new person's key: a valid key is counted per person, so a test that spends a
+    route's budget with a key needs a key of its own."""
+    mongo = MongoClient(processes.mongo_uri(secantus_server.port), serverSelectionTimeoutMS=5000, tz_aware=True)
+    people, keys = People(mongo[database_name]), Keys(mongo[database_name])
+
+    def bearer(name: str) -> dict[str, str]:
+        person = people.add(name, f"{name}@archive.test", role="admin")
+        return {"Authorization": f"Bearer {keys.create(str(person['_id']), name, ['read', 'write'])[0]}"}
+
+    yield bearer
+    mongo.close()
+
+
 @pytest.fixture
 def direct_a(servers):
     return servers["direct_a"]
@@ -177,14 +195,14 @@ def proxied(servers):
 
 # --- (a) the list limit holds across workers ----------------------------------------------------
 
-def test_21st_list_in_a_minute_is_refused_whichever_worker_serves_it(direct_a):
-    ip, pids = "127.0.0.11", direct_a.worker_pids()
+def test_21st_list_in_a_minute_is_refused_whichever_worker_serves_it(direct_a, personal_key):
+    ip, pids, bearer = "127.0.0.11", direct_a.worker_pids(), personal_key("lister")
     assert len(pids) == WORKERS
-    statuses = [direct_a.send_via(pids[n % WORKERS], "GET", "/emails", ip=ip, headers=BEARER).status
+    statuses = [direct_a.send_via(pids[n % WORKERS], "GET", "/emails", ip=ip, headers=bearer).status
                 for n in range(20)]
     assert statuses == [200] * 20
     for pid in pids:
-        refused = direct_a.send_via(pid, "GET", "/emails", ip=ip, headers=BEARER)
+        refused = direct_a.send_via(pid, "GET", "/emails", ip=ip, headers=bearer)
         assert (refused.status, refused.json()) == (429, LIST_LIMITED)
         assert 1 <= int(refused.headers["Retry-After"]) <= 60
         assert (refused.headers["X-RateLimit-Limit"], refused.headers["X-RateLimit-Remaining"]) == ("20", "0")
@@ -208,13 +226,13 @@ def test_sixth_bad_key_in_five_minutes_blocks_the_ip_on_every_worker(direct_a):
 
 # --- (c) two instances on one database ---------------------------------------------------------
 
-def test_two_instances_share_the_rate_limit(direct_a, direct_b, database_name, secantus_uri):
-    ip = "127.0.0.13"
-    statuses = [server.send("GET", "/emails", ip=ip, headers=BEARER).status
+def test_two_instances_share_the_rate_limit(direct_a, direct_b, database_name, secantus_uri, personal_key):
+    ip, bearer = "127.0.0.13", personal_key("shared")
+    statuses = [server.send("GET", "/emails", ip=ip, headers=bearer).status
                 for server in (direct_a, direct_b) for _ in range(10)]
     assert statuses == [200] * 20
     for server in (direct_a, direct_b):
-        refused = server.send("GET", "/emails", ip=ip, headers=BEARER)
+        refused = server.send("GET", "/emails", ip=ip, headers=bearer)
         assert (refused.status, refused.json()) == (429, LIST_LIMITED)
     with MongoClient(secantus_uri, serverSelectionTimeoutMS=5000) as client:
         assert client[database_name].ratelimit_windows.count_documents({}) > 0
@@ -233,12 +251,12 @@ def test_two_instances_share_the_lockout(direct_a, direct_b):
 # --- (d) X-Forwarded-For cannot be used to pick an address -----------------------------------
 
 def test_without_a_proxy_a_spoofed_forwarded_for_changes_nothing(direct_a):
-    ip = "127.0.0.15"
-    statuses = [direct_a.send("GET", "/emails", ip=ip, headers={**BEARER, "X-Forwarded-For": f"203.0.113.{n}"}
-                              ).status for n in range(20)]
-    assert statuses == [200] * 20
-    refused = direct_a.send("GET", "/emails", ip=ip, headers={**BEARER, "X-Forwarded-For": "203.0.113.99"})
-    assert (refused.status, refused.json()) == (429, LIST_LIMITED)
+    ip = "127.0.0.15"  # without a key: RATELIMIT_GLOBAL per address (a valid key is counted per person)
+    statuses = [direct_a.send("GET", "/emails", ip=ip, headers={"X-Forwarded-For": f"203.0.113.{n}"}
+                              ).status for n in range(50)]
+    assert statuses == [401] * 50
+    refused = direct_a.send("GET", "/emails", ip=ip, headers={"X-Forwarded-For": "203.0.113.99"})
+    assert (refused.status, refused.json()) == (429, GLOBAL_LIMITED)
 
     ip = "127.0.0.16"
     for n in range(5):
@@ -258,11 +276,12 @@ def test_behind_a_proxy_only_the_address_it_appended_counts(proxied):
     def forwarded(spoofed: str, real: str) -> dict:
         return {"X-Forwarded-For": f"{spoofed}, {real}"}
 
-    statuses = [proxied.send("GET", "/emails", ip="127.0.0.1", headers={**BEARER, **forwarded(f"10.0.0.{n}", client)}
-                             ).status for n in range(20)]
-    assert statuses == [200] * 20
-    refused = proxied.send("GET", "/emails", ip="127.0.0.1", headers={**BEARER, **forwarded("10.0.0.99", client)})
-    assert (refused.status, refused.json()) == (429, LIST_LIMITED)
+    # Without a key, so that the address is what counts (a valid key is counted per person).
+    statuses = [proxied.send("GET", "/emails", ip="127.0.0.1", headers=forwarded(f"10.0.0.{n}", client)
+                             ).status for n in range(50)]
+    assert statuses == [401] * 50
+    refused = proxied.send("GET", "/emails", ip="127.0.0.1", headers=forwarded("10.0.0.99", client))
+    assert (refused.status, refused.json()) == (429, GLOBAL_LIMITED)
 
     for n in range(5):
         proxied.send("GET", "/emails", ip="127.0.0.1", headers={**BAD_KEY, **forwarded(f"10.0.1.{n}", other)})

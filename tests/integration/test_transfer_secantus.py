@@ -6,23 +6,29 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import mailbox
 import os
 import pty
 import re
 import shutil
+import urllib.error
+import urllib.request
+import uuid
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime
 
 import pytest
+from bson import ObjectId
 from pymongo import MongoClient
 
 from devtools import processes
 from improvmx_archive import create_app
 from improvmx_archive.indexer import SearchIndexer
+from improvmx_archive.mailio import INCOMPLETE_EXPORT_HEADER, unquote_mbox
 from improvmx_archive.sample import PIXEL_PNG, payload_from_mime
-from tests.conftest import make_settings
+from tests.conftest import API_KEY, make_settings
 
 pytestmark = pytest.mark.slow
 
@@ -212,3 +218,57 @@ def test_filtered_export_pages_correctly_through_multikey_indexes(secantus_app, 
     times = {subject: moment for moment, subject in expected}
     assert [times[subject] for subject in by_recipient] == sorted(times[subject] for subject in by_recipient)
     assert subjects("q=invoice") == [f"Invoice {n:02d}" for n in range(0, 14, 3)]
+
+
+def test_an_export_over_gunicorn_names_what_it_could_not_rebuild_and_carries_international_mail(
+        secantus_server, tmp_path):
+    """Through a real gunicorn on SecantusDB: a stored document damaged outside the app (its
+    attachments no longer records) is named by the mbox's closing marker and answered by
+    /raw as a clear JSON error; internationalised and U+FFFD addresses travel in both."""
+    uri = processes.mongo_uri(secantus_server.port)
+    database = f"marker_{uuid.uuid4().hex[:12]}"
+    client = MongoClient(uri, serverSelectionTimeoutMS=5000, tz_aware=True)
+    archive = create_app(make_settings(tmp_path, MONGO_URI=uri, MONGO_DB=database, RATELIMIT_ENABLED="false"),
+                         mongo_client=client).extensions["archive"]
+    addresses = {"josé@exämple.com": None, "用户@例子.广告": None, "a\ufffdb@ex\ufffd.com": None}
+    for number, address in enumerate(addresses):
+        payload = {"from": {"name": "Ünïcode", "email": address}, "to": [{"name": None, "email": "用户@例子.广告"}],
+                   "subject": f"intl {number}", "text": "body"}
+        addresses[address] = archive.ingest(payload, received_at=START + timedelta(days=number)).email_id
+    damaged = archive.ingest({"from": {"email": "a@example.org"}, "subject": "damaged", "text": "x"},
+                             received_at=START + timedelta(days=10)).email_id
+    archive.emails.update_one({"_id": ObjectId(damaged)}, {"$set": {"attachments": "not a list of records"}})
+    env = {"API_KEY": API_KEY, "MONGO_URI": uri, "MONGO_DB": database, "RATELIMIT_ENABLED": "false",
+           "TRUSTED_PROXY_COUNT": "0", "SPOOL_DIR": str(tmp_path / "spool"), "WEB_CONCURRENCY": "2"}
+    server = processes.gunicorn(env, tmp_path / "gunicorn.log").start()
+    base = f"http://127.0.0.1:{server.port}"
+    bearer = {"Authorization": f"Bearer {API_KEY}"}
+    try:
+        exported = tmp_path / "export.mbox"
+        with urllib.request.urlopen(urllib.request.Request(f"{base}/export.mbox", headers=bearer), timeout=60) as reply:
+            assert reply.status == 200
+            exported.write_bytes(reply.read())
+        box = mailbox.mbox(exported, create=False)
+        messages = list(box)
+        assert [m["Subject"] for m in messages[:3]] == ["intl 0", "intl 1", "intl 2"]
+        for key, address in zip(box.keys()[:3], addresses):
+            assert payload_from_mime(unquote_mbox(box.get_bytes(key)))["from"]["email"] == address
+        marker = messages[-1]
+        assert len(messages) == 4 and marker[INCOMPLETE_EXPORT_HEADER] == "1"
+        assert f"{damaged} cannot be rebuilt (AttributeError)" in marker.get_payload()
+        box.close()
+
+        for address, email_id in addresses.items():
+            with urllib.request.urlopen(urllib.request.Request(f"{base}/emails/{email_id}/raw", headers=bearer),
+                                        timeout=30) as reply:
+                assert payload_from_mime(reply.read())["from"]["email"] == address
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(f"{base}/emails/{damaged}/raw", headers=bearer), timeout=30)
+        assert refused.value.code == 500
+        body = json.loads(refused.value.read())
+        assert body["success"] is False and "cannot be rebuilt (AttributeError) as MIME" in body["error"]
+        assert f"named in the closing marker email_id={damaged}" in server.log_text()
+    finally:
+        server.stop()
+        client.drop_database(database)
+        client.close()

@@ -7,12 +7,13 @@ from improvmx_archive.openapi import build_spec
 
 
 UI_PREFIX = "/ui/"  # the web UI's HTML pages are not API operations; /docs links to them instead
+UI_ICON = "/favicon.ico"  # the UI's icon, where browsers look for it
 
 
 def _app_routes(app):
     routes = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static" or rule.rule.startswith(UI_PREFIX):
+        if rule.endpoint == "static" or rule.rule.startswith(UI_PREFIX) or rule.rule == UI_ICON:
             continue
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
         for method in rule.methods - {"HEAD", "OPTIONS"}:

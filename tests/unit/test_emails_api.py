@@ -127,7 +127,7 @@ def test_downloads_by_position_and_by_name(client, auth, stored):
     unnamed = client.get(f"/emails/{email_id}/attachments/2", headers=auth)
     assert unnamed.data == bytes(range(16))
     assert unnamed.headers["Content-Disposition"] == (
-        "attachment; filename=\"attachment-2\"; filename*=UTF-8''attachment-2")
+        "attachment; filename=\"file.bin\"; filename*=UTF-8''file.bin")  # named from its type
     csv = client.get(f"/emails/{email_id}/attachment/totals.csv", headers=auth)
     assert csv.data == "item,amount\ncafé,3.50".encode() and csv.mimetype == "text/csv"
     assert csv.headers["Content-Type"] == "text/csv; charset=utf-8"
@@ -161,9 +161,9 @@ def test_content_disposition_for_hostile_names(client, auth):
         "attachment; filename=\"aSet-Cookie: x=1.html\"; filename*=UTF-8''aSet-Cookie%3A%20x%3D1.html",
         "attachment; filename=\"win.ini\"; filename*=UTF-8''win.ini",
         "attachment; filename=\"rsum 2026.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%202026.pdf",
-        "attachment; filename=\"attachment-3\"; filename*=UTF-8''attachment-3",
+        "attachment; filename=\"message.html\"; filename*=UTF-8''message.html",
         "attachment; filename=\".txt\"; filename*=UTF-8''%E6%97%A5%E6%9C%AC%E8%AA%9E.txt",
-        "attachment; filename=\"attachment-5\"; filename*=UTF-8''attachment-5",
+        "attachment; filename=\"message.html\"; filename*=UTF-8''message.html",
     ]
     for position, disposition in enumerate(expected):
         response = client.get(f"/emails/{email_id}/attachments/{position}", headers=auth)

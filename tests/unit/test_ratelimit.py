@@ -87,11 +87,13 @@ def test_each_limit_is_configurable(seeded):
 
 
 def test_global_hourly_limit_is_shared_by_every_api_route(make_app):
-    """With the defaults, 50 requests an hour from one IP, whichever routes they go to."""
+    """With the defaults, 50 unauthenticated requests an hour from one IP, whichever routes
+    they go to; a valid key is counted per principal instead (test_ratelimit_principals.py)."""
     client = make_app().test_client()
     statuses = [call(client, "/docs" if n % 2 else "/openapi.json").status_code for n in range(50)]
     assert statuses == [200] * 50
-    assert 1 <= refused(call(client, "/emails", headers=BEARER), "50 per 1 hour") <= 3600
+    assert 1 <= refused(call(client, "/emails"), "50 per 1 hour") <= 3600
+    assert call(client, "/emails", headers=BEARER).status_code == 200
 
 
 def test_global_daily_limit(make_app):
@@ -149,12 +151,20 @@ def test_probes_are_never_limited(make_app, path):
     assert not any("X-RateLimit-Limit" in r.headers or "Retry-After" in r.headers for r in responses)
 
 
-def test_limits_are_per_client_ip(make_app):
+def test_unauthenticated_limits_are_per_client_ip(make_app):
+    client = make_app(RATELIMIT_GLOBAL="2 per hour").test_client()
+    for _ in range(2):
+        call(client, "/openapi.json")
+    refused(call(client, "/openapi.json"), "2 per 1 hour")
+    assert call(client, "/openapi.json", ip="192.0.2.11").status_code == 200
+
+
+def test_authenticated_limits_follow_the_key_not_the_address(make_app):
     client = make_app(RATELIMIT_LIST="2 per minute", RATELIMIT_GLOBAL=RAISED_GLOBAL).test_client()
     for _ in range(2):
         call(client, "/emails", headers=BEARER)
     refused(call(client, "/emails", headers=BEARER), "2 per 1 minute")
-    assert call(client, "/emails", ip="192.0.2.11", headers=BEARER).status_code == 200
+    refused(call(client, "/emails", ip="192.0.2.11", headers=BEARER), "2 per 1 minute")
 
 
 def test_spoofed_forwarded_for_does_not_buy_a_new_budget(make_app):

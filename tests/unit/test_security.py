@@ -32,7 +32,8 @@ ATTACKER = "198.51.100.66"
 PUBLIC_ENDPOINTS = {"health.liveness", "health.readiness", "webhook.receive", "docs.docs", "docs.openapi", "static",
                     # The UI's sign-in and its assets; inline_part is authorised by a session
                     # grant in its URL (tests/unit/test_ui_sessions.py).
-                    "ui.login", "ui.login_submit", "ui.static", "ui.inline_part"}
+                    "ui.login", "ui.login_submit", "ui.static", "ui.inline_part",
+                    "favicon"}  # the UI's icon, asked for by browsers before anyone signs in
 BEARER = {"Authorization": f"Bearer {API_KEY}"}
 BAD_KEY = {"Authorization": "Bearer not-the-key-but-long-enough"}
 

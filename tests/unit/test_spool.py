@@ -523,6 +523,9 @@ class _ArchiveOnMongomock:
     def migrate_audience(self):
         return 0
 
+    def migrate_delivered_to(self):
+        return 0
+
     def gc_blobs(self, grace):
         self.gc_runs += 1
         return 0

@@ -13,10 +13,11 @@ import pytest
 
 from improvmx_archive.db import DatabaseUnavailable
 from improvmx_archive.indexer import SearchIndexer
-from improvmx_archive.mailio import MessageSource, export_hint
+from improvmx_archive.mailio import INCOMPLETE_EXPORT_HEADER, MARKER_SENDER, MessageSource, export_hint
 from improvmx_archive.sample import payload_from_mime
 from tests.conftest import API_KEY
 from tests.payloads import FIXTURES, eml_payload, message_with_attachment
+from tests.ui_helpers import sign_in
 
 RAW = {"Content-Type": "message/rfc822"}
 
@@ -365,6 +366,13 @@ def _unrebuildable(monkeypatch, email_id: str) -> None:
     monkeypatch.setattr(MessageSource, "__init__", broken_for_one)
 
 
+def _marker(message) -> list[str]:
+    """The ids an export's closing marker names (each body line starts with one)."""
+    assert message["From"] == MARKER_SENDER and message[INCOMPLETE_EXPORT_HEADER]
+    body = message.get_payload(decode=True).decode()
+    return [line.split()[0] for line in body.splitlines() if re.fullmatch(r"[0-9a-f]{24} .*", line)]
+
+
 def test_export_command_reports_a_message_it_cannot_rebuild_and_exports_the_rest(app, tmp_path, monkeypatch):
     ids = _seed(app.extensions["archive"])
     _unrebuildable(monkeypatch, ids[1])
@@ -373,15 +381,78 @@ def test_export_command_reports_a_message_it_cannot_rebuild_and_exports_the_rest
     assert result.exit_code == 1
     assert f"failed {ids[1]}: cannot be rebuilt (ValueError)" in result.output
     assert "exported 2 message(s)" in result.output and ", failed 1" in result.output
-    assert [m["Subject"] for m in mailbox.mbox(output, create=False)] == ["seed 0", "seed 2"]
+    assert "1 message(s) are not in the export" in result.output and "ends with a marker message" in result.output
+    box = list(mailbox.mbox(output, create=False))
+    assert [m["Subject"] for m in box[:2]] == ["seed 0", "seed 2"]
+    assert _marker(box[2]) == [ids[1]] and box[2][INCOMPLETE_EXPORT_HEADER] == "1"
 
 
-def test_export_mbox_skips_and_logs_a_message_it_cannot_rebuild(app, client, auth, tmp_path, monkeypatch, caplog):
+def test_eml_export_command_lists_a_message_it_cannot_rebuild_and_writes_the_rest(app, tmp_path, monkeypatch):
     ids = _seed(app.extensions["archive"])
     _unrebuildable(monkeypatch, ids[0])
-    box = _mbox(tmp_path, client.get("/export.mbox", headers=auth).get_data())
-    assert [m["Subject"] for m in box] == ["seed 1", "seed 2"]
-    assert f"message skipped, it cannot be rebuilt email_id={ids[0]}" in caplog.text
+    output = tmp_path / "eml"
+    result = app.test_cli_runner().invoke(args=["export", "--format", "eml", str(output)])
+    assert result.exit_code == 1 and f"failed {ids[0]}: cannot be rebuilt (ValueError)" in result.output
+    assert "exported 2 message(s)" in result.output and ", failed 1" in result.output
+    assert sorted(path.name.split("-")[1][:24] for path in output.iterdir()) == sorted(ids[1:])
+
+
+def test_export_mbox_ends_with_a_marker_naming_a_message_it_cannot_rebuild(app, client, auth, tmp_path, monkeypatch,
+                                                                           caplog):
+    ids = _seed(app.extensions["archive"])
+    _unrebuildable(monkeypatch, ids[0])
+    response = client.get("/export.mbox", headers=auth)
+    assert response.status_code == 200
+    box = list(_mbox(tmp_path, response.get_data()))
+    assert [m["Subject"] for m in box[:2]] == ["seed 1", "seed 2"]
+    assert box[-1]["Subject"] == "Export incomplete: 1 message(s) are not in this file"
+    assert _marker(box[-1]) == [ids[0]] and "cannot be rebuilt (ValueError)" in box[-1].get_payload()
+    assert f"named in the closing marker email_id={ids[0]}" in caplog.text
+
+
+def test_a_complete_export_has_no_marker_even_with_a_stored_marker_inside(app, client, auth, tmp_path):
+    """Only an export's own marker carries the header: a stored one (an incomplete backup
+    imported back, or a sender forging it) is exported without it."""
+    archive = app.extensions["archive"]
+    _seed(archive)
+    archive.ingest({"from": {"email": "export@archive.invalid"}, "subject": "Export incomplete: 1 message(s)",
+                    "headers": {INCOMPLETE_EXPORT_HEADER: "1"}, "text": "6b1642201fe6bab1244c601f cannot be rebuilt"})
+    data = client.get("/export.mbox", headers=auth).get_data()
+    assert INCOMPLETE_EXPORT_HEADER.encode() not in data and len(_mbox(tmp_path, data)) == 4
+
+
+def test_a_message_whose_parts_fail_half_way_is_named_and_the_export_goes_on(app, client, auth, tmp_path,
+                                                                              monkeypatch):
+    archive = app.extensions["archive"]
+    broken = archive.ingest(message_with_attachment(b"x" * 5000, subject="cut short")).email_id  # the newest
+    _seed(archive, 2)
+    real_stream = type(archive).part_stream
+
+    def failing(self, record):
+        stream = real_stream(self, record)
+        first = next(iter(stream.chunks))
+
+        def chunks():
+            yield first[:100]
+            raise OSError("chunk lost")
+        stream.chunks = chunks()
+        return stream
+
+    monkeypatch.setattr(type(archive), "part_stream", failing)
+    box = list(_mbox(tmp_path, client.get("/export.mbox", headers=auth).get_data()))
+    assert _marker(box[-1]) == [broken]
+    assert "incomplete, its parts could not be read (OSError)" in box[-1].get_payload()
+    assert [m["Subject"] for m in box[:3]] == ["seed 0", "seed 1", "cut short"]  # its start, then the marker
+
+
+def test_raw_of_a_message_that_cannot_be_rebuilt_is_a_clear_json_error(app, client, auth, monkeypatch):
+    ids = _seed(app.extensions["archive"], 1)
+    _unrebuildable(monkeypatch, ids[0])
+    response = client.get(f"/emails/{ids[0]}/raw", headers=auth)
+    assert response.status_code == 500 and response.mimetype == "application/json"
+    body = response.get_json()
+    assert body["success"] is False and "cannot be rebuilt (ValueError) as MIME" in body["error"]
+    assert "unrebuildable" not in body["error"]  # the exception's text stays in the log
 
 
 @pytest.mark.parametrize("query, index", [
@@ -427,3 +498,14 @@ def test_a_restore_into_an_empty_archive_keeps_the_ids(make_app, tmp_path):
 def test_an_archive_id_is_only_taken_from_a_valid_rebuilt_message(app, client, auth, headers):
     body = client.post("/import", data=headers + _message("carried id"), headers={**auth, **RAW}).get_json()
     assert body["duplicate"] is False and body["email_id"] != "0123456789abcdef01234567"
+
+
+def test_the_ui_says_plainly_when_a_message_cannot_be_rebuilt(app, client, monkeypatch):
+    ids = _seed(app.extensions["archive"], 1)
+    _unrebuildable(monkeypatch, ids[0])
+    sign_in(client)
+    for path in (f"/ui/emails/{ids[0]}?tab=source", f"/ui/emails/{ids[0]}/eml"):
+        response = client.get(path)
+        assert response.status_code == 500 and response.mimetype == "text/html", path
+        assert "cannot be rebuilt (ValueError) as MIME" in response.get_data(as_text=True), path
+    assert client.get(f"/ui/emails/{ids[0]}?tab=text").status_code == 200  # the rest of it still shows

@@ -112,10 +112,59 @@ def test_cid_images_point_at_the_archive_and_unknown_cids_are_dropped():
     assert cleaned == f'<img src="{INLINE}"><img>'
 
 
-def test_remote_images_are_kept_and_counted_for_the_frame_policy_to_block():
-    result = clean_html('<img src="https://tracker.example/p.gif"><img src="http://t.example/q">', lambda cid: None)
-    assert result.remote_images == 2
-    assert 'src="https://tracker.example/p.gif"' in result.html
+def test_remote_images_lose_their_src_until_the_reader_asks():
+    html = '<img src="https://tracker.example/p.gif" alt="logo"><img src="http://t.example/q">'
+    blocked = clean_html(html, lambda cid: None)
+    assert blocked.remote_images == 2
+    assert blocked.html == '<img alt="logo"><img>'
+    shown = clean_html(html, lambda cid: None, remote=True)
+    assert shown.remote_images == 2
+    assert 'src="https://tracker.example/p.gif"' in shown.html and 'src="http://t.example/q"' in shown.html
+
+
+# Every way HTML can make a browser fetch something, for the check below.
+FETCHING_HTML = """<html><head><link rel="stylesheet" href="https://evil.example/l.css">
+<link rel="preload" as="image" href="https://evil.example/preload.png"><link rel="prefetch" href="https://evil.example/pf">
+<style>@import url(https://evil.example/i.css); body { background: url(https://evil.example/b.png) }
+@font-face { font-family: F; src: url(https://evil.example/f.woff) } p { font-family: F }</style></head>
+<body background="https://evil.example/body.png">
+<img src="https://evil.example/a.png" srcset="https://evil.example/b.png 2x" lowsrc="https://evil.example/low.png">
+<img src="//evil.example/protocol-relative.png"><img src=" HTTPS://evil.example/upper.png">
+<picture><source srcset="https://evil.example/s.png"><img src="https://evil.example/p.png"></picture>
+<video poster="https://evil.example/poster.png" src="https://evil.example/v.mp4"><track src="https://evil.example/t.vtt"></video>
+<audio src="https://evil.example/a.mp3"></audio><input type="image" src="https://evil.example/in.png">
+<table background="https://evil.example/t.png"><tr><td background="https://evil.example/td.png">x</td></tr></table>
+<div style="background-image: url('https://evil.example/div.png')">x</div>
+<div style="background: src('https://evil.example/src.png')">x</div>
+<div style="list-style-image: image-set('https://evil.example/set.png' 1x)">x</div>
+<div style="background-image: attr(data-u type(&lt;url&gt;))" data-u="https://evil.example/attr.png">x</div>
+<svg><image href="https://evil.example/svg.png"/><use href="https://evil.example/use.svg#a"/>
+<feImage href="https://evil.example/fe.png"/></svg><math href="https://evil.example/math">m</math>
+<iframe src="https://evil.example/if"></iframe><object data="https://evil.example/o"></object>
+<embed src="https://evil.example/e"><a ping="https://evil.example/ping" href="https://example.org/ok">link</a>
+<meta http-equiv="refresh" content="0;url=https://evil.example/refresh"><base href="https://evil.example/">
+</body></html>"""
+
+
+def test_without_remote_content_no_attribute_names_another_server():
+    """The sanitised HTML alone fetches nothing remote: the only URL left is a link's href,
+    which a browser follows only when clicked."""
+    from html.parser import HTMLParser
+
+    found: list[tuple[str, str, str]] = []
+
+    class Attributes(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            found.extend((tag, name, value or "") for name, value in attrs)
+
+    result = clean_html(FETCHING_HTML, lambda cid: None)
+    Attributes().feed(result.html)
+    assert result.remote_images >= 3
+    remote = [(tag, name, value) for tag, name, value in found
+              if "evil.example" in value or "//" in value and not (tag == "a" and name == "href")]
+    assert remote == []
+    assert "evil.example" not in result.html
+    assert [value for tag, name, value in found if name == "href"] == ["https://example.org/ok"]
 
 
 def test_only_data_urls_of_raster_images_are_kept():
