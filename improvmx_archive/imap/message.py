@@ -25,6 +25,18 @@ HEADER_LINE_START = re.compile(rb"^(?=[^ \t\r\n])", re.M)
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
+def _text(value) -> str:
+    """A header value unfolded, its raw UTF-8 (RFC 6532 headers) decoded."""
+    text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return " ".join(text.split())
+
+
+def _ascii(value: str) -> str:
+    """IMAP strings here are ASCII (Twisted's list writer takes nothing else): other text
+    as an RFC 2047 encoded word, which every mail program decodes."""
+    return value if value.isascii() else Header(value, "utf-8").encode()
+
+
 @implementer(IMessagePart)
 class RawPart:
     """A MIME entity inside the rebuilt bytes: headers raw[:body_start], body after it."""
@@ -48,9 +60,7 @@ class RawPart:
         for name, value in self.headers.items():
             lower = name.lower()
             if not names or (lower in wanted) != negate:
-                # Twisted's list writer takes ASCII only; the rebuild's headers are ASCII anyway.
-                text = " ".join(str(value).split()).encode("ascii", "replace").decode("ascii")
-                found.setdefault(lower, text)
+                found.setdefault(lower, _ascii(_text(value)))
         return found
 
     def getBodyFile(self):
@@ -100,9 +110,6 @@ class RawPart:
         return b"".join(kept) + b"\r\n"
 
 
-def _ascii(value: str) -> str:
-    """IMAP strings here are ASCII: other text as an RFC 2047 encoded word."""
-    return value if value.isascii() else Header(value, "utf-8").encode()
 
 
 def _params(part: RawPart, header: str) -> list[str] | None:
@@ -113,13 +120,13 @@ def _params(part: RawPart, header: str) -> list[str] | None:
     for key, value in params[1:]:
         if isinstance(value, tuple):
             value = collapse_rfc2231_value(value)
-        items += [key.lower(), _ascii(str(value))]
+        items += [key.lower(), _ascii(_text(value))]
     return items or None
 
 
 def _header(part: RawPart, name: str) -> str | None:
     value = part.headers.get(name)
-    return _ascii(" ".join(str(value).split())) if value is not None else None
+    return _ascii(_text(value)) if value is not None else None
 
 
 def body_structure(part: RawPart, extended: bool) -> list:

@@ -248,3 +248,21 @@ def test_flask_imap_check_reports_the_certificate_and_numbering(app, tmp_path, m
     monkeypatch.setenv("IMAP_TLS_CERT", str(other_cert))  # a key that does not match
     mismatched = runner.invoke(args=["imap", "check"])
     assert mismatched.exit_code == 1 and "cannot be used" in mismatched.output
+
+
+def test_international_headers_reach_envelope_as_encoded_words(archive):
+    from email.header import decode_header, make_header
+
+    message = EmailMessage()
+    message["From"] = "Zoë Ünïcode <zoe@example.org>"
+    message["To"] = f"ventes@{DOMAIN}"
+    message["Subject"] = "Café ☕ offert"
+    message.set_content("Bonjour")
+    message.add_attachment(b"x", maintype="application", subtype="pdf", filename="Reçu été.pdf")
+    email_id = archive.ingest(payload_from_mime(message.as_bytes())).email_id
+    raw = b"".join(ScopedArchive(archive, Principal.operator()).rebuild(email_id))
+    response = b"".join(fetch_items(_parse(b"(ENVELOPE BODYSTRUCTURE)"), 1, [], len(raw), None, raw, False))
+    assert response.isascii()
+    subject = RawPart(raw).getHeaders(False, "subject")["subject"]
+    assert str(make_header(decode_header(subject))) == "Café ☕ offert"
+    assert subject.encode() in response
