@@ -61,6 +61,21 @@ KNOWN_COMMANDS = frozenset({
     "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID", "IDLE", "NAMESPACE"})
 
 
+def byte_runs(entries: list[tuple], sizes: dict[int, int], limit: int = FETCH_BATCH_BYTES) -> list[list[tuple]]:
+    """Entries (index, uid, command) cut, in order, into runs of at most `limit` bytes of
+    messages (a larger message alone), so a batch of big messages never sits in memory at once."""
+    runs: list[list[tuple]] = [[]]
+    total = 0
+    for entry in entries:
+        size = sizes.get(entry[1], 0)
+        if runs[-1] and size and total + size > limit:
+            runs.append([])
+            total = 0
+        runs[-1].append(entry)
+        total += size
+    return runs
+
+
 @implementer(IPushProducer)
 class ArchiveIMAPServer(IMAP4Server):
     """One IMAP connection onto the archive."""
@@ -549,21 +564,27 @@ class ArchiveIMAPServer(IMAP4Server):
         @defer.inlineCallbacks
         def run():
             for start in range(0, len(entries), step):
-                chunk = entries[start:start + step]
-                values = sorted({value for _, value in chunk if value is not None})
-                answers, fetched = (yield deferToThread(build, values)) if values else ({}, [])
-                if fetched:
-                    logins.record("fetch", "ok", principal=self.principal, email_ids=fetched, ip=self.peer_ip)
-                if self.transport is None or not self.transport.connected:
-                    return
-                for index, (number, value) in enumerate(chunk, start):
-                    if value in answers:
-                        self.transport.writeSequence(answers[value])
-                    if last_of[number] == index:
-                        self.sendPositiveResponse(commands[number][0], b"FETCH completed")
-                        answered[0] = number + 1
-                if self._paused is not None:
-                    yield self._paused
+                chunk = list(enumerate(entries[start:start + step], start))
+                values = sorted({value for _, (_, value) in chunk if value is not None})
+                sizes = {}
+                if body and values:
+                    found = yield deferToThread(reader.metadata, values, box, through)
+                    sizes = {value: meta["size"] for value, meta in found.items()}
+                for run_entries in byte_runs([(index, value, number) for index, (number, value) in chunk], sizes):
+                    wanted_now = sorted({value for _, value, _ in run_entries if value is not None})
+                    answers, fetched = (yield deferToThread(build, wanted_now)) if wanted_now else ({}, [])
+                    if fetched:
+                        logins.record("fetch", "ok", principal=self.principal, email_ids=fetched, ip=self.peer_ip)
+                    if self.transport is None or not self.transport.connected:
+                        return
+                    for index, value, number in run_entries:
+                        if value in answers:
+                            self.transport.writeSequence(answers[value])
+                        if last_of[number] == index:
+                            self.sendPositiveResponse(commands[number][0], b"FETCH completed")
+                            answered[0] = number + 1
+                    if self._paused is not None:
+                        yield self._paused
 
         def failed(failure):
             # Commands of the group not yet answered get the same NO (their messages unsent).

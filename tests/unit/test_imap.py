@@ -266,3 +266,12 @@ def test_international_headers_reach_envelope_as_encoded_words(archive):
     subject = RawPart(raw).getHeaders(False, "subject")["subject"]
     assert str(make_header(decode_header(subject))) == "Café ☕ offert"
     assert subject.encode() in response
+
+
+def test_fetch_batches_are_cut_by_bytes_in_order():
+    from improvmx_archive.imap.server import byte_runs
+
+    entries = [(0, 1, 0), (1, 2, 0), (2, 3, 1), (3, None, 2), (4, 4, 3)]
+    sizes = {1: 3, 2: 3, 3: 10, 4: 1}
+    assert byte_runs(entries, sizes, limit=6) == [[(0, 1, 0), (1, 2, 0)], [(2, 3, 1), (3, None, 2)], [(4, 4, 3)]]
+    assert byte_runs(entries, {}, limit=6) == [entries]
