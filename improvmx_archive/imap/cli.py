@@ -12,7 +12,6 @@ from pymongo.errors import PyMongoError
 
 from ..config import ConfigError, ImapSettings
 from .numbering import STATE, STATE_ID, UID_FIELD
-from .tls import certificate_expiry, load_context
 
 imap_cli = AppGroup("imap", help="The IMAP view (improvmx-imap): check its settings and certificate.")
 EXPIRY_WARNING = timedelta(days=14)
@@ -24,6 +23,8 @@ EXIT_PROBLEM = 1
 def imap_check_command():
     """IMAP_* settings valid, certificate and key loadable and matching, days until expiry,
     and how far UID numbering has got; exit 1 on any problem."""
+    from .tls import certificate_expiry, load_context  # pyOpenSSL and Twisted: only for this command
+
     try:
         imap = ImapSettings.from_env()
     except ConfigError as error:
