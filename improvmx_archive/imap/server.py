@@ -32,7 +32,7 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.mail.imap4 import (
     DontQuoteMe, IllegalClientResponse, IllegalIdentifierError, IMAP4Server, _parseMbox, collapseNestedLists,
-    parseIdList, wildcardToRegexp,
+    parseIdList, parseNestedParens, wildcardToRegexp,
 )
 from zope.interface import implementer
 
@@ -54,11 +54,16 @@ FETCH_BATCH = 100
 FETCH_BATCH_BYTES = 4 * 1024 * 1024
 BODY_BATCH = 25
 POSTAUTH_TIMEOUT = 30 * 60
+TRAILING_LITERAL = re.compile(rb"\{(\d{1,6})\}$")
 PIPELINED_FETCH = re.compile(rb"^(\S+) UID FETCH (\S+) (.+)$", re.I)
 KNOWN_COMMANDS = frozenset({
     "CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "AUTHENTICATE", "LOGIN", "SELECT", "EXAMINE", "CREATE", "DELETE",
     "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "LSUB", "STATUS", "APPEND", "CHECK", "CLOSE", "UNSELECT",
     "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID", "IDLE", "NAMESPACE"})
+
+
+def _quoted(data: bytes) -> bytes:
+    return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
 def byte_runs(entries: list[tuple], sizes: dict[int, int], limit: int = FETCH_BATCH_BYTES) -> list[list[tuple]]:
@@ -674,7 +679,18 @@ class ArchiveIMAPServer(IMAP4Server):
 
         self._work(tag, work, done)
 
-    select_SEARCH = (do_SEARCH, IMAP4Server.opt_charset, IMAP4Server.arg_searchkeys)
+    def arg_searchkeys(self, line):
+        """Search keys; a literal (how clients send non-ASCII terms: `TEXT {6}`) is read and
+        put back as a quoted string (Twisted's own parser takes the line as it came)."""
+        found = TRAILING_LITERAL.search(line)
+        if not found:
+            return parseNestedParens(line), b""
+        head = line[:found.start()]
+        literal = self._stringLiteral(int(found.group(1)))
+        literal.addCallback(lambda result: self.arg_searchkeys(head + _quoted(result[0]) + result[1]))
+        return literal
+
+    select_SEARCH = (do_SEARCH, IMAP4Server.opt_charset, arg_searchkeys)
 
     def do_UID(self, tag, command, line):
         command = command.upper()

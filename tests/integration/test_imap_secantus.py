@@ -250,6 +250,19 @@ def test_search_finds_what_the_api_search_finds(filled):
             uid for uid, data in sizes.items() if data[b"RFC822.SIZE"] > median)
         assert sorted(imap.search(["SMALLER", str(median)])) == sorted(
             uid for uid, data in sizes.items() if data[b"RFC822.SIZE"] < median)
+    # Non-ASCII terms travel as literals (CHARSET UTF-8); accents fold as in the API's q.
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "chef@example.org", f"sales@{DOMAIN}", "Crème brûlée"
+    message.set_content("Une recette de crème brûlée.")
+    special = filled.deliver(message.as_bytes())
+    filled.index()
+    filled.wait_numbered()
+    with filled.imap() as imap:
+        imap.select_folder("INBOX", readonly=True)
+        by_uid = _ids_by_uid(filled)
+        assert {by_uid[uid] for uid in imap.search(["SUBJECT", "brûlée"], charset="UTF-8")} == {special} == \
+            api("subject:brûlée")
+        assert {by_uid[uid] for uid in imap.search(["TEXT", "crème"], charset="UTF-8")} == api("crème")
 
 
 def _raw(imap: IMAPClient, command: str, *args: str):
