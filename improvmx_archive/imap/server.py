@@ -6,12 +6,15 @@ Twisted parses commands and arguments; this subclass answers them. What it had t
   never stalls other connections;
 - SELECT/EXAMINE answer UIDNEXT, PERMANENTFLAGS and UNSEEN (Twisted sends neither);
 - LIST/LSUB carry mailbox attributes (\\Sent), not message flags; LSUB lists everything;
-- SEARCH is one MongoDB query (ISearchableMailbox's idea, without its str/bytes bugs);
+- SEARCH is one MongoDB query (ISearchableMailbox's idea, without its str/bytes bugs), and
+  its terms may come as literals (non-ASCII with CHARSET UTF-8);
 - FETCH streams batches built in a thread, paced by the transport (memory stays flat),
   with sections and partial ranges as RFC 3501 names them (`BODY[]<0>`, not `<0.100>`);
 - every write (STORE of flags other than \\Seen, COPY, MOVE, APPEND, EXPUNGE, CREATE,
   DELETE, RENAME) is a tagged NO saying the archive is read-only, never BAD;
-- LOGIN and AUTHENTICATE PLAIN only over TLS; no exception text ever reaches a client.
+- LOGIN and AUTHENTICATE PLAIN only over TLS; no exception text ever reaches a client;
+- NAMESPACE, CLOSE/UNSELECT without expunging, IDLE and NOOP that report new and vanished
+  mail, pipelined UID FETCHes answered together (mbsync sends dozens at once).
 """
 
 from __future__ import annotations
