@@ -587,3 +587,16 @@ def test_two_servers_on_one_database_number_once_and_agree_on_every_uid(stack):
         assert views[0] == views[1] and len(views[0]) == 20
     finally:
         second.stop()
+
+
+def test_a_message_deleted_through_the_api_is_expunged_on_noop(filled):
+    by_uid = _ids_by_uid(filled)
+    with filled.imap() as imap:
+        imap.select_folder("INBOX", readonly=True)
+        uids = sorted(imap.search("ALL"))
+        victim = uids[3]
+        response = filled.client.delete(f"/emails/{by_uid[victim]}", headers={"Authorization": f"Bearer {API_KEY}"})
+        assert response.status_code == 200, response.get_data(as_text=True)
+        _, untagged = imap.noop()
+        assert (4, b"EXPUNGE") in untagged and (11, b"EXISTS") in untagged
+        assert sorted(imap.search("ALL")) == [uid for uid in uids if uid != victim]
