@@ -264,6 +264,62 @@ else
 	note "running, nothing to apply"
 fi
 
+# --- the IMAP view (improvmx-imap.service): installed while the .env sets IMAP_ENABLED=true --
+IMAP_UNIT=improvmx-imap.service
+say "IMAP view: $UNIT_DIR/$IMAP_UNIT"
+if grep -Eiq "^[[:space:]]*(export[[:space:]]+)?IMAP_ENABLED[[:space:]]*=[[:space:]]*[\"']?(true|1|yes|on)[\"']?[[:space:]]*(#.*)?$" "$ENV_SOURCE"; then
+	[[ -f $SRC_DIR/$IMAP_UNIT ]] || die "$SRC_DIR/$IMAP_UNIT is missing: run this script from a complete checkout"
+	if [[ $DRY_RUN == 1 ]]; then
+		run flask --app "$INSTALL_DIR/app.py" imap check
+	elif ! check_output=$(setpriv --reuid="$SERVICE_USER" --regid="$SERVICE_GROUP" --clear-groups \
+		env -i -C "$WORK" PATH=/usr/bin:/bin LANG=C.UTF-8 STATE_DIRECTORY=/var/lib/improvmx-webhook \
+		"$VENV/bin/flask" --app "$INSTALL_DIR/app.py" imap check 2>&1); then
+		printf '%s\n' "$check_output" | sed 's/^/    /' >&2
+		die "the IMAP settings in $ENV_SOURCE do not work (above); fix them or set IMAP_ENABLED=false"
+	else
+		note "$(printf '%s\n' "$check_output" | grep -m 1 '^certificate:' || echo ok)"
+	fi
+	IMAP_UNIT_CHANGED=0
+	sed -e "s|/opt/improvmx-webhook|$INSTALL_DIR|g" \
+		-e "s|^User=.*|User=$SERVICE_USER|" \
+		-e "s|^Group=.*|Group=$SERVICE_GROUP|" \
+		"$SRC_DIR/$IMAP_UNIT" >"$WORK/$IMAP_UNIT"
+	if [[ -f $UNIT_DIR/$IMAP_UNIT ]] && cmp -s "$WORK/$IMAP_UNIT" "$UNIT_DIR/$IMAP_UNIT"; then
+		note "unit unchanged"
+	else
+		run install -D -m 0644 -o root -g root "$WORK/$IMAP_UNIT" "$UNIT_DIR/$IMAP_UNIT"
+		run systemctl daemon-reload
+		IMAP_UNIT_CHANGED=1
+		did "unit installed"
+	fi
+	if ! systemctl is-enabled --quiet "$IMAP_UNIT" 2>/dev/null; then
+		run systemctl enable --quiet "$IMAP_UNIT"
+		did "enabled at boot"
+	fi
+	if ! systemctl is-active --quiet "$IMAP_UNIT" 2>/dev/null; then
+		run systemctl start "$IMAP_UNIT" || die "$IMAP_UNIT failed to start; see: journalctl -u $IMAP_UNIT -n 50"
+		did "started"
+	elif [[ $IMAP_UNIT_CHANGED == 1 || $ENV_CHANGED == 1 || $DEPS_CHANGED == 1 || $CODE_CHANGED == 1 ]]; then
+		# One process holds the connections: a restart drops them and mail programs reconnect.
+		run systemctl restart "$IMAP_UNIT" || die "$IMAP_UNIT failed to restart; see: journalctl -u $IMAP_UNIT -n 50"
+		did "restarted (code, unit, .env or dependencies changed)"
+	else
+		note "running, nothing to apply"
+	fi
+elif [[ -f $UNIT_DIR/$IMAP_UNIT ]]; then
+	if systemctl is-active --quiet "$IMAP_UNIT" 2>/dev/null; then
+		run systemctl stop "$IMAP_UNIT"
+	fi
+	if systemctl is-enabled --quiet "$IMAP_UNIT" 2>/dev/null; then
+		run systemctl disable --quiet "$IMAP_UNIT"
+	fi
+	run rm -f "$UNIT_DIR/$IMAP_UNIT"
+	run systemctl daemon-reload
+	did "IMAP_ENABLED is not true: stopped, disabled, unit removed"
+else
+	note "off (IMAP_ENABLED is not true)"
+fi
+
 if [[ $DRY_RUN == 1 ]]; then
 	note "[dry-run] GET http://127.0.0.1:$PORT/healthz"
 	exit 0

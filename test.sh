@@ -17,6 +17,9 @@ command -v chromium >/dev/null || missing+=(chromium)
 [[ -d /usr/share/fonts/truetype/dejavu ]] || missing+=(fonts-dejavu-core)
 command -v mutt >/dev/null || missing+=(mutt)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v mbsync >/dev/null || missing+=(isync)
+[[ -x /usr/sbin/dovecot ]] || missing+=(dovecot-imapd)
+command -v curl >/dev/null || missing+=(curl)
 if ((${#missing[@]})); then
     echo "==> installing Debian packages: ${missing[*]}"
     sudo_cmd=()

@@ -98,6 +98,24 @@ if grep -qs '^# Written by install_service.sh' "$BIN_DIR/improvmx-archive"; then
 	did "removed the operator command $BIN_DIR/improvmx-archive"
 fi
 
+IMAP_UNIT=improvmx-imap.service
+if [[ -f $UNIT_DIR/$IMAP_UNIT ]]; then
+	say "service $IMAP_UNIT"
+	if command -v systemctl >/dev/null; then
+		if systemctl is-active --quiet "$IMAP_UNIT" 2>/dev/null; then
+			run systemctl stop "$IMAP_UNIT"
+		fi
+		if systemctl is-enabled --quiet "$IMAP_UNIT" 2>/dev/null; then
+			run systemctl disable --quiet "$IMAP_UNIT"
+		fi
+	fi
+	run rm -f "$UNIT_DIR/$IMAP_UNIT"
+	if command -v systemctl >/dev/null; then
+		run systemctl daemon-reload
+	fi
+	did "stopped, disabled, unit removed"
+fi
+
 say "application in $INSTALL_DIR"
 removed=0
 for item in "${INSTALLED[@]}"; do

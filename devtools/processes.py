@@ -211,3 +211,37 @@ def caddy(work_dir: Path, upstreams: list[str], port: int | None = None,
             **(env or {}),
         },
     )
+
+
+def imap_server(env: dict[str, str], log_path: Path, port: int | None = None) -> ManagedProcess:
+    """The IMAP view (`python -m improvmx_archive.imap`) with IMAP_PORT set (not started)."""
+    port = port or free_port()
+    return ManagedProcess(name="improvmx-imap", argv=[sys.executable, "-m", "improvmx_archive.imap"],
+                          port=port, log_path=log_path, env={**env, "IMAP_ENABLED": "true", "IMAP_PORT": str(port),
+                                                             "IMAP_HOST": "127.0.0.1"})
+
+
+def self_signed_certificate(directory: Path, host: str = "localhost") -> tuple[Path, Path]:
+    """A throwaway certificate and key (PEM) for TLS servers in tests."""
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.now(timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+                   .not_valid_after(now + timedelta(days=30))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+                   .sign(key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / "imap.crt", directory / "imap.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path

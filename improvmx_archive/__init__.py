@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import logging
+import sys
 from datetime import timedelta
 
-import click
+# pymongo uses pyOpenSSL whenever it is installed (it is, for the IMAP view's Twisted TLS),
+# and with it loads cryptography and requests (OCSP) into every web worker. The stdlib ssl path
+# it falls back to is the one this service has always used: keep it, before pymongo loads.
+sys.modules.setdefault("pymongo.pyopenssl_context", None)  # type: ignore[assignment]
+
+import click  # noqa: E402
 from flask import Flask
 from flask.cli import AppGroup
 from flask_cors import CORS

@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import bson
@@ -65,7 +65,8 @@ GC_BATCH = 500  # candidate blobs checked per query of the blob_ids index
 DEFAULT_TOMBSTONE_PERIOD = timedelta(days=7)
 SUMMARY_EXCLUDE = {"text": 0, "html": 0, "headers": 0, "overflow": 0, "bodies": 0, "blob_ids": 0,
                    f"attachments.{INLINE_DATA}": 0, f"inlines.{INLINE_DATA}": 0,
-                   "tokens": 0, "search": 0, "subject_trigrams": 0, "audience": 0}
+                   "tokens": 0, "search": 0, "subject_trigrams": 0, "audience": 0,
+                   "imap_uid": 0, "imap_size": 0}
 
 
 def _database_unavailable(error: PyMongoError) -> bool:
@@ -319,6 +320,16 @@ class Archive:
         document = self.emails.find_one({"_id": ObjectId(email_id), **within})
         if document is None:
             return None
+        return self._whole(document)
+
+    def find_many(self, query: Mapping[str, Any], within: Mapping[str, Any] = UNRESTRICTED) -> Iterator[dict[str, Any]]:
+        """Every whole message matching query (inside `within`), as find() returns each, from
+        one query (the IMAP view fetches pipelined messages this way)."""
+        for document in self.emails.find({**query, **within}):
+            yield self._whole(document)
+
+    def _whole(self, document: dict[str, Any]) -> dict[str, Any]:
+        """A stored document with its spilled bodies and overflow read back."""
         for body, info in document.pop("bodies", {}).items():
             document[body] = self.read_text(info["blob_id"])
         overflow = document.pop("overflow", None)

@@ -37,6 +37,7 @@ from .maintenance import collect_orphans
 from .notify import masked
 from .outbound.cli import COMMANDS as OUTBOUND_COMMANDS, EXIT_SMTP_FAILED, check_sending_line
 from .sample import payload_from_mime, sample_mime
+from .imap.cli import imap_cli
 
 spool_cli = AppGroup("spool", help="Inspect and replay messages spooled during a MongoDB outage.")
 notify_cli = AppGroup("notify", help="Notifications of new mail to NOTIFY_URL: backlog, failures, retries.")
@@ -513,6 +514,7 @@ def register_commands(app: Flask) -> None:
     for command in (check_command, create_indexes_command, reindex_command, send_sample_command, gc_blobs_command,
                     spool_cli, notify_cli, export_command, import_command, purge_command):
         app.cli.add_command(command)
+    app.cli.add_command(imap_cli)  # the IMAP view's commands (imap/cli.py)
     register_access_commands(app)
     app.cli.add_command(audit_cli)
     for command in OUTBOUND_COMMANDS:

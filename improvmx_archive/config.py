@@ -429,3 +429,54 @@ def _sending(env: dict[str, str]) -> SendingSettings:
         max_bytes=int(_number(env, "SEND_MAX_MB", 20, 0.01) * MB),
         lease_seconds=_number(env, "SEND_LEASE_SECONDS", 600, 1),
     )
+# ---------------------------------------------------------------------------------------------
+# The IMAP view (improvmx-imap, improvmx_archive/imap/): its own block, read by that process and
+# by `flask imap check`; the web service never needs it.
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ImapSettings:
+    """IMAP_* settings: whether the IMAP view runs, where it listens, its certificate."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = 993  # implicit TLS
+    starttls_port: int = 0  # 0: no plain port (STARTTLS before any login)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    metrics_port: int = 0  # 0: no /metrics listener of its own
+    poll_interval: float = 10.0  # seconds between checks for new mail of a selected mailbox
+    number_interval: float = 5.0  # seconds between passes of the UID numbering
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, dotenv_path: str | None = ".env") -> "ImapSettings":
+        env = {}
+        if dotenv_path and Path(dotenv_path).is_file():
+            env.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+        env.update(os.environ if environ is None else environ)
+        enabled = _flag(env, "IMAP_ENABLED", False)
+        port = int(_number(env, "IMAP_PORT", 993, 1))
+        starttls_port = int(_number(env, "IMAP_STARTTLS_PORT", 0, 0))
+        if port > 65535 or starttls_port > 65535:
+            raise ConfigError("IMAP_PORT and IMAP_STARTTLS_PORT must be TCP ports (1-65535)")
+        if starttls_port and starttls_port == port:
+            raise ConfigError("IMAP_STARTTLS_PORT must differ from IMAP_PORT")
+        cert = env.get("IMAP_TLS_CERT", "").strip()
+        key = env.get("IMAP_TLS_KEY", "").strip()
+        if enabled and not (cert and key):
+            raise ConfigError("IMAP_TLS_CERT and IMAP_TLS_KEY must name the certificate chain and key (PEM) "
+                              "when IMAP_ENABLED is true: the IMAP view speaks only TLS")
+        metrics_port = int(_number(env, "IMAP_METRICS_PORT", 0, 0))
+        if metrics_port > 65535:
+            raise ConfigError("IMAP_METRICS_PORT must be a TCP port (1-65535) or 0")
+        return cls(
+            enabled=enabled,
+            host=env.get("IMAP_HOST", "").strip() or "0.0.0.0",
+            port=port,
+            starttls_port=starttls_port,
+            tls_cert=Path(cert) if cert else None,
+            tls_key=Path(key) if key else None,
+            metrics_port=metrics_port,
+            poll_interval=_number(env, "IMAP_POLL_INTERVAL", 10, 1),
+            number_interval=_number(env, "IMAP_NUMBER_INTERVAL", 5, 0.5),
+        )

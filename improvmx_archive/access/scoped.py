@@ -95,6 +95,10 @@ class ScopedArchive:
         self._record_one("view", email_id, document is not None)
         return document
 
+    def find_many(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Whole messages matching query inside this view (the IMAP view's pipelined FETCH)."""
+        return self.archive.find_many(query, self.visibility)
+
     def part(self, email_id: str, *, name: str | None = None, position: int | None = None):
         record, blob = self.archive.part(email_id, name=name, position=position, within=self.visibility)
         # A position past BSON's 64-bit integers (any path segment of digits) is recorded as text.

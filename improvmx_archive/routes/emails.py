@@ -28,7 +28,8 @@ _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*
 INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf"}
 INTERNAL_FIELDS = {"idempotency_key", "blob_ids", "subject_lower", "subject_trigrams", "to_emails", "recipients",
                    "bodies", "overflow", "tokens", "search", "search_pending", "search_version", "search_error",
-                   "notify_pending", "audience", "delivered_to"}
+                   "notify_pending", "audience", "delivered_to",
+                   "imap_uid", "imap_size"}  # the IMAP view's numbering (imap/numbering.py)
 
 
 def _iso(value: Any) -> Any:

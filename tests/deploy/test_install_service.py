@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 
 REPO = processes.REPO_ROOT
 SHIPPED = ["install_service.sh", "uninstall_service.sh", "scripts/service_lib.sh", "improvmx-webhook.service",
-           "app.py", "gunicorn.conf.py", "requirements.txt", "improvmx_archive"]
+           "app.py", "gunicorn.conf.py", "requirements.txt", "improvmx_archive", "improvmx-imap.service"]
 UNIT = "improvmx-webhook.service"
 QUERIES = ("is-active", "is-enabled")
 
@@ -356,3 +356,42 @@ def test_uninstall_keeps_data_and_env_then_purge_removes_everything(site):
 
     again = site.run("uninstall_service.sh")
     assert again.returncode == 0 and "no unit file" in again.stdout
+
+
+IMAP_UNIT = "improvmx-imap.service"
+
+
+def test_imap_enabled_installs_and_starts_the_imap_unit_and_disabling_removes_it(fresh_site):
+    """IMAP_ENABLED=true: the IMAP unit is checked (flask imap check), installed, started as
+    the service user and answers IMAPS; IMAP_ENABLED=false on the next run removes it."""
+    import imaplib
+    import ssl
+
+    site = fresh_site
+    cert, key = processes.self_signed_certificate(site.root / "tls")
+    key.chmod(0o644)  # a throw-away key: readable by the test's service user
+    imap_port = processes.free_port()
+    env = site.src / ".env"
+    settings = env.read_text()
+    env.write_text(settings + f"IMAP_ENABLED=true\nIMAP_PORT={imap_port}\nIMAP_HOST=127.0.0.1\n"
+                              f"IMAP_TLS_CERT={cert}\nIMAP_TLS_KEY={key}\n")
+    result = site.run("install_service.sh")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "certificate:" in result.stdout
+    unit = (site.unit_dir / IMAP_UNIT).read_text()
+    assert f"User={site.user}" in unit.splitlines()
+    assert f"ExecStart={site.install_dir}/.venv/bin/python -m improvmx_archive.imap" in unit.splitlines()
+    assert f"systemctl start {IMAP_UNIT}" in site.calls()
+    connection = imaplib.IMAP4_SSL("localhost", imap_port, ssl_context=ssl.create_default_context(cafile=str(cert)))
+    assert connection.login("operator", site.api_key)[0] == "OK"
+    assert any(b"INBOX" in line for line in connection.list()[1])
+    connection.logout()
+
+    env.write_text(settings + "IMAP_ENABLED=false\n")
+    calls = len(site.calls())
+    result = site.run("install_service.sh", "--env-file", str(env))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (site.unit_dir / IMAP_UNIT).exists()
+    assert f"systemctl stop {IMAP_UNIT}" in site.calls()[calls:]
+    removed = site.run("uninstall_service.sh")
+    assert removed.returncode == 0, removed.stderr

@@ -28,9 +28,9 @@ NOT_FOR_STORING = (
 
 SCRIPT = r"""
 import json, sys
+from improvmx_archive import create_app  # first, as app.py does under gunicorn (before pymongo loads)
 import mongomock
 import mongomock.gridfs
-from improvmx_archive import create_app
 from improvmx_archive.config import Settings
 from improvmx_archive.sample import payload_from_mime, sample_mime
 
