@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from .backfill import fill_missing
+
 FIELD = "audience"
-BACKFILL_BATCH = 500
 UNTAGGED = {FIELD: {"$exists": False}}
 SENT_PREFIX = "sent:"
 # The visibility filter of an admin, an operator key or an operator command: no condition.
@@ -50,18 +51,6 @@ def untagged_count(emails) -> int:
 
 
 def backfill(emails, progress: Callable[[int], None] | None = None) -> int:
-    """Give every message without `audience` its tags from its recipients, in batches.
-
-    Safe from several processes at once: each writes the same value, and a message tagged
-    meanwhile is skipped by the filter."""
-    updated = 0
-    while True:
-        batch = list(emails.find(UNTAGGED, {"recipients": 1}).limit(BACKFILL_BATCH))
-        if not batch:
-            return updated
-        for document in batch:
-            emails.update_one({"_id": document["_id"], **UNTAGGED},
-                              {"$set": {FIELD: audience_of(document.get("recipients") or [])}})
-        updated += len(batch)
-        if progress:
-            progress(len(batch))
+    """Give every message without `audience` its tags from its recipients; returns how many."""
+    return fill_missing(emails, FIELD, {"recipients": 1},
+                        lambda document: audience_of(document.get("recipients") or []), progress)

@@ -11,8 +11,9 @@ from typing import Any, Callable, Iterable
 
 from bson import ObjectId
 
+from .backfill import fill_missing
+
 FIELD = "blob_ids"
-BACKFILL_BATCH = 500
 UNMIGRATED = {FIELD: {"$exists": False}}
 # Everything a document can reference, as stored before and after the array existed.
 _REFERENCING_FIELDS = {"attachments": 1, "inlines": 1, "bodies": 1, "overflow": 1}
@@ -39,22 +40,8 @@ def unmigrated_count(emails) -> int:
 
 
 def backfill(emails, progress: Callable[[int], None] | None = None) -> int:
-    """Give every document without `blob_ids` its array, in batches; returns how many.
-
-    Safe to run from several processes at once: each writes the same value for a document,
-    and a document that gains the array meanwhile is skipped by the filter.
-    """
-    updated = 0
-    while True:
-        batch = list(emails.find(UNMIGRATED, _REFERENCING_FIELDS).limit(BACKFILL_BATCH))
-        if not batch:
-            return updated
-        for document in batch:
-            emails.update_one({"_id": document["_id"], **UNMIGRATED},
-                              {"$set": {FIELD: referenced_blobs(document)}})
-        updated += len(batch)
-        if progress:
-            progress(len(batch))
+    """Give every document without `blob_ids` its array; returns how many."""
+    return fill_missing(emails, FIELD, _REFERENCING_FIELDS, referenced_blobs, progress)
 
 
 def still_referenced(emails, blob_ids: Iterable[ObjectId]) -> set[ObjectId]:

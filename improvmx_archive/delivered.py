@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .backfill import fill_missing
 from .payload import DELIVERED_TO, delivered_addresses
 
-BACKFILL_BATCH = 500
 MISSING = {DELIVERED_TO: {"$exists": False}}
 
 
@@ -16,17 +16,10 @@ def missing_count(emails) -> int:
 
 
 def backfill(emails, progress: Callable[[int], None] | None = None) -> int:
-    """Give every message without `delivered_to` its addresses, in batches. Safe from several
-    processes at once: each writes the same value, and one done meanwhile is skipped."""
-    updated = 0
-    while True:
-        batch = list(emails.find(MISSING, {"headers": 1, "extra.envelope": 1}).limit(BACKFILL_BATCH))
-        if not batch:
-            return updated
-        for document in batch:
-            extra = document.get("extra") if isinstance(document.get("extra"), dict) else {}
-            addresses = delivered_addresses(extra.get("envelope"), document.get("headers"))
-            emails.update_one({"_id": document["_id"], **MISSING}, {"$set": {DELIVERED_TO: addresses}})
-        updated += len(batch)
-        if progress:
-            progress(len(batch))
+    """Give every message without `delivered_to` its addresses; returns how many."""
+    return fill_missing(emails, DELIVERED_TO, {"headers": 1, "extra.envelope": 1}, _delivered, progress)
+
+
+def _delivered(document: dict) -> list[str]:
+    extra = document.get("extra") if isinstance(document.get("extra"), dict) else {}
+    return delivered_addresses(extra.get("envelope"), document.get("headers"))

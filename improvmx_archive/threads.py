@@ -11,10 +11,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from .backfill import fill_missing
+
 
 FIELD = "thread_refs"
-UNLINKED = {FIELD: {"$exists": False}}
-BACKFILL_BATCH = 500
 _MESSAGE_ID = re.compile(r"<[^<>\s]+>")
 _PREFIXES = re.compile(r"^\s*((re|aw|sv|fwd?|wg)\s*(\[\d+\])?\s*:\s*)+", re.I)
 
@@ -61,15 +61,6 @@ def base_subject(subject: Any) -> str:
 
 
 def backfill(emails, progress: Callable[[int], None] | None = None) -> int:
-    """Give every message without thread_refs its refs, in batches; safe from several processes."""
-    updated = 0
-    while True:
-        batch = list(emails.find(UNLINKED, {"message-id": 1, "headers": 1}).limit(BACKFILL_BATCH))
-        if not batch:
-            return updated
-        for document in batch:
-            emails.update_one({"_id": document["_id"], **UNLINKED},
-                              {"$set": {FIELD: refs_of(document.get("message-id"), document.get("headers"))}})
-        updated += len(batch)
-        if progress:
-            progress(len(batch))
+    """Give every message without thread_refs its refs; returns how many."""
+    return fill_missing(emails, FIELD, {"message-id": 1, "headers": 1},
+                        lambda document: refs_of(document.get("message-id"), document.get("headers")), progress)

@@ -34,7 +34,7 @@ from pymongo.errors import DuplicateKeyError
 from .. import metrics
 from ..db import DURABLE
 from ..times import as_utc
-from .smtp import FAILED as SMTP_FAILED, RETRY, SENT as SMTP_SENT, UNKNOWN as SMTP_UNKNOWN, Outcome
+from .smtp import RETRY, SENT as SMTP_SENT, UNKNOWN as SMTP_UNKNOWN, Outcome
 
 COLLECTION = "send_outbox"
 QUOTA = "send_quota"
