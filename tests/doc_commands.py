@@ -8,6 +8,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
+
 from devtools import processes
 
 DOCUMENTS = [processes.REPO_ROOT / "README.md", *sorted((processes.REPO_ROOT / "docs").glob("*.md"))]
@@ -65,8 +67,10 @@ def documented_commands() -> list[DocumentedCommand]:
 def command_path(app, args: tuple[str, ...]) -> tuple[str, ...]:
     """The (sub)command names at the start of args, as the app's CLI knows them."""
     group, path = app.cli, []
+    context = click.Context(app.cli)
     for word in args:
-        command = getattr(group, "commands", {}).get(word)
+        lookup = getattr(group, "get_command", None)  # app.cli registers its commands on first lookup
+        command = lookup(context, word) if lookup else None
         if command is None:
             break
         path.append(word)

@@ -8,8 +8,11 @@ import secrets
 from dataclasses import dataclass, field
 
 import pytest
+from pymongo import MongoClient
 
 from devtools import processes
+from improvmx_archive.access.keys import Keys
+from improvmx_archive.access.people import People
 from tests.deploy.helpers import Response, request, require_tools, wait_until
 
 
@@ -21,7 +24,20 @@ class Stack:
     apps: list[processes.ManagedProcess]
     api_key: str
     webhook_secret: str
+    mongo_uri: str = ""
+    mongo_db: str = ""
     _request_ids: int = field(default=0)
+
+    def personal_key(self, name: str) -> str:
+        """A new admin person's key in the stack's database: authenticated requests count per
+        person, so a test that spends a route's budget needs a key no other test used."""
+        mongo = MongoClient(self.mongo_uri, serverSelectionTimeoutMS=5000, tz_aware=True)
+        try:
+            database = mongo[self.mongo_db]
+            person = People(database).add(name, f"{name}@archive.test", role="admin")
+            return Keys(database).create(str(person["_id"]), name, ["read"])[0]
+        finally:
+            mongo.close()
 
     def new_request_id(self) -> str:
         self._request_ids += 1
@@ -97,7 +113,8 @@ def make_stack(secantus_server, tmp_path_factory):
         caddy = processes.caddy(work / "caddy", [f"127.0.0.1:{app.port}" for app in instances])
         started.append(caddy)
         caddy.start()
-        return Stack(caddy=caddy, apps=instances, api_key=api_key, webhook_secret=webhook_secret)
+        return Stack(caddy=caddy, apps=instances, api_key=api_key, webhook_secret=webhook_secret,
+                     mongo_uri=app_env["MONGO_URI"], mongo_db=app_env["MONGO_DB"])
 
     yield start
     for process in reversed(started):
