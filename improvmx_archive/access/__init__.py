@@ -9,4 +9,8 @@ The door is small on purpose:
 - authn.py       bearer keys to a Principal, require_access(scope) for routes, g.principal.
 - people.py      the people store (name, email, role, grants, disabled, password hash).
 - keys.py        personal API keys: shown once, kept as a SHA-256, scoped, expiring, revocable.
+- passwords.py   argon2id password hashes for signing in to the UI.
+- team.py        every change to people, keys and passwords and every sign-in, one function each.
+- commands.py    `users` and `keys` operator commands, over team.py.
+- audit.py       the hash-chained audit trail: record(), verify, trim, GET /audit's pages.
 """
