@@ -7,8 +7,8 @@ skeleton's pieces, CRLF lines, on the document as `imap_skeleton`, tagged with t
 version and a digest of those inputs; later fetches stream from it through the same
 mailio.skeleton_chunks that GET /emails/<id>/raw ends in, so the bytes are identical. A
 changed rebuild, changed inputs or a malformed entry is ignored and rebuilt. Skeletons over
-MAX_SKELETON_BYTES (large inline bodies) are not kept: the document stays small and those
-messages rebuild each time. Parts' bytes are never cached; they stream from storage.
+MAX_SKELETON_BYTES (large inline bodies) are not kept: those messages rebuild each time, and
+a document (kept under 15 MB by the archive) stays within MongoDB's 16 MB cap. Parts' bytes are never cached; they stream from storage.
 """
 
 from __future__ import annotations
