@@ -208,7 +208,7 @@ def main() -> int:
     maildir = dovecot_root / "Maildir"
     for name in ("cur", "new", "tmp"):
         (maildir / name).mkdir(parents=True, exist_ok=True)
-    scoped = ScopedArchive(archive, Principal.operator())
+    scoped = ScopedArchive(archive, Principal.operator(), audited=False)  # a bench, not a reader: no audit entries
     total_bytes = 0
     for number, summary in enumerate(archive.emails.find({}, {"_id": 1}).sort("imap_uid", 1), 1):
         data = b"".join(scoped.rebuild(str(summary["_id"]))).replace(b"\r\n", b"\n")

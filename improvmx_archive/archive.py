@@ -66,7 +66,7 @@ DEFAULT_TOMBSTONE_PERIOD = timedelta(days=7)
 SUMMARY_EXCLUDE = {"text": 0, "html": 0, "headers": 0, "overflow": 0, "bodies": 0, "blob_ids": 0,
                    f"attachments.{INLINE_DATA}": 0, f"inlines.{INLINE_DATA}": 0,
                    "tokens": 0, "search": 0, "subject_trigrams": 0, "audience": 0,
-                   "imap_uid": 0, "imap_size": 0}
+                   "imap_uid": 0, "imap_size": 0, "imap_skeleton": 0}
 
 
 def _database_unavailable(error: PyMongoError) -> bool:

@@ -375,6 +375,12 @@ class _SkeletonGenerator(BytesGenerator):
         self.write(self._NL)
 
 
+# Every document field the rebuild reads (the parts' bytes aside, read as it streams): a
+# skeleton kept from an earlier rebuild holds only while these are unchanged.
+REBUILD_INPUTS = ("_id", "idempotency_key", *FIELD_HEADERS, "extra", "headers", "text", "html", "attachments",
+                  "inlines")
+
+
 class Rebuild:
     """One stored message as MIME: a skeleton from the email package, and the slots where
     the stored parts' bytes go."""
@@ -458,28 +464,34 @@ class MessageSource:
         """
         pieces = self.rebuild.skeleton(linesep.decode())
         quote = (lambda data: FROM_LINE.sub(rb">\1", data)) if quote_from else (lambda data: data)
-        return self._stream(pieces, linesep, quote)
+        return skeleton_chunks(self.archive, self.email_id, pieces, self.rebuild.slots, linesep, quote)
 
-    def _stream(self, pieces: list[bytes], linesep: bytes, quote) -> Iterator[bytes]:
-        yield quote(pieces[0])
-        for slot, following in zip(self.rebuild.slots, pieces[1:]):
-            chunks = self._part_chunks(slot)
-            with contextlib.closing(chunks):  # a closed download closes the part's cursor
-                if slot.as_text:
-                    yield quote(_text_lines(chunks, linesep))
-                else:
-                    if slot.encapsulated:
-                        yield linesep.join(line.encode() for line in ENCAPSULATED_HEADERS) + linesep * 2
-                    yield from _base64_lines(chunks, linesep)
-            # The token stood alone on its line: the generator's line break after it is ours.
-            yield quote(following[len(linesep):] if following.startswith(linesep) else following)
 
-    def _part_chunks(self, slot: PartSlot) -> Generator[bytes, None, None]:
-        blob = self.archive.part_stream(slot.record)
-        if blob is None:
-            log.error("export: part content missing email_id=%s position=%d", self.email_id, slot.position)
-            return (chunk for chunk in ())
-        return blob.chunks
+def skeleton_chunks(archive, email_id: str, pieces: list[bytes], slots: list[PartSlot], linesep: bytes = b"\r\n",
+                    quote=lambda data: data) -> Iterator[bytes]:
+    """The message from a skeleton (Rebuild.skeleton(linesep) and the Rebuild's slots), each
+    part's bytes read only when the stream reaches it. The IMAP view streams skeletons it
+    cached this way (imap/skeletons.py): the same bytes without the email package's cost."""
+    yield quote(pieces[0])
+    for slot, following in zip(slots, pieces[1:]):
+        chunks = _part_chunks(archive, email_id, slot)
+        with contextlib.closing(chunks):  # a closed download closes the part's cursor
+            if slot.as_text:
+                yield quote(_text_lines(chunks, linesep))
+            else:
+                if slot.encapsulated:
+                    yield linesep.join(line.encode() for line in ENCAPSULATED_HEADERS) + linesep * 2
+                yield from _base64_lines(chunks, linesep)
+        # The token stood alone on its line: the generator's line break after it is ours.
+        yield quote(following[len(linesep):] if following.startswith(linesep) else following)
+
+
+def _part_chunks(archive, email_id: str, slot: PartSlot) -> Generator[bytes, None, None]:
+    blob = archive.part_stream(slot.record)
+    if blob is None:
+        log.error("export: part content missing email_id=%s position=%d", email_id, slot.position)
+        return (chunk for chunk in ())
+    return blob.chunks
 
 
 class Unrebuildable(Exception):

@@ -19,10 +19,10 @@ from ..access.principal import Principal
 from ..access.scoped import ScopedArchive
 from ..access.visibility import can_see
 from ..audience import audience_of
-from ..mailio import MessageSource
 from .numbering import (
     REBUILD_VERSION, SENT_SOURCE, SIZE_FIELD, UID_FIELD, cached_size, known_aliases, numbering_state, rebuilt_size,
 )
+from .skeletons import SKELETON_FIELD, message_chunks
 
 INBOX = "INBOX"
 SENT = "Sent"
@@ -144,17 +144,19 @@ class Reader:
 
     def messages(self, uids: list[int], box: MailboxSpec, through: int) -> dict[int, tuple[dict[str, Any], bytes]]:
         """uid -> (metadata as metadata() gives it, the rebuilt bytes) from one query: the
-        bytes exactly as GET /emails/<id>/raw serves them."""
+        bytes exactly as GET /emails/<id>/raw serves them, from the cached skeleton when valid."""
         query = {UID_FIELD: {"$in": [uid for uid in uids if uid <= through]}}
         if box.condition:
             query["$and"] = [box.condition]
         found = {}
         for document in self.scoped.find_many(query):
-            raw = b"".join(MessageSource(self.scoped, document).chunks())
-            size = cached_size(document)
-            if size != len(raw):
-                self.archive.emails.update_one({"_id": document["_id"]},
-                                               {"$set": {SIZE_FIELD: {"v": REBUILD_VERSION, "n": len(raw)}}})
+            chunks, skeleton = message_chunks(self.scoped, document, REBUILD_VERSION)
+            raw = b"".join(chunks)
+            cached = {SKELETON_FIELD: skeleton} if skeleton is not None else {}
+            if cached_size(document) != len(raw):
+                cached[SIZE_FIELD] = {"v": REBUILD_VERSION, "n": len(raw)}
+            if cached:
+                self.archive.emails.update_one({"_id": document["_id"]}, {"$set": cached})
             found[document[UID_FIELD]] = ({"_id": document["_id"], "received_at": document.get("received_at"),
                                            "size": len(raw)}, raw)
         return found

@@ -15,7 +15,8 @@ numbering itself is rebuilt (the state removed), which clients answer with a ful
 
 The pass also records the archive's aliases (`imap_aliases`), which become mailboxes, and
 the byte size of each rebuilt message (`imap_size`, tagged with the rebuild's version) so
-that RFC822.SIZE never rebuilds a message twice.
+that RFC822.SIZE never rebuilds a message twice, and its skeleton (`imap_skeleton`,
+imap/skeletons.py) so that BODY[] does not rebuild it either.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pymongo.errors import DuplicateKeyError
 from .. import mailio
 from ..db import DURABLE
 from ..lease import Lease
+from .skeletons import SKELETON_FIELD, message_chunks
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +100,17 @@ def cached_size(document: dict[str, Any]) -> int | None:
 
 def rebuilt_size(archive, emails, document: dict[str, Any]) -> int:
     """The byte length of the message's rebuild (streamed, never held whole), cached on the
-    document. `archive` reads the message (a ScopedArchive in a session)."""
+    document with the rebuild's skeleton (imap/skeletons.py), so a FETCH never rebuilds it.
+    `archive` reads the message (a ScopedArchive in a session)."""
     whole = archive.find(str(document["_id"]))
     if whole is None:
         return 0
-    size = sum(len(chunk) for chunk in mailio.MessageSource(archive, whole).chunks())
-    emails.update_one({"_id": document["_id"]}, {"$set": {SIZE_FIELD: {"v": REBUILD_VERSION, "n": size}}})
+    chunks, skeleton = message_chunks(archive, whole, REBUILD_VERSION)
+    size = sum(len(chunk) for chunk in chunks)
+    cached = {SIZE_FIELD: {"v": REBUILD_VERSION, "n": size}}
+    if skeleton is not None:
+        cached[SKELETON_FIELD] = skeleton
+    emails.update_one({"_id": document["_id"]}, {"$set": cached})
     return size
 
 

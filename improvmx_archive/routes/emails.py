@@ -29,7 +29,7 @@ INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "applicati
 INTERNAL_FIELDS = {"idempotency_key", "blob_ids", "subject_lower", "subject_trigrams", "to_emails", "recipients",
                    "bodies", "overflow", "tokens", "search", "search_pending", "search_version", "search_error",
                    "notify_pending", "audience", "delivered_to",
-                   "imap_uid", "imap_size"}  # the IMAP view's numbering (imap/numbering.py)
+                   "imap_uid", "imap_size", "imap_skeleton"}  # the IMAP view's caches (imap/numbering.py)
 
 
 def _iso(value: Any) -> Any:
