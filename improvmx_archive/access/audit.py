@@ -556,6 +556,16 @@ def record(action: str, outcome: str = "ok", *, principal: Principal | None = No
         raise AuditUnavailable() from None
 
 
+def record_done(action: str, outcome: str = "ok", **fields: Any) -> None:
+    """An entry for something that has already happened or been refused (a send, a refused
+    key): if the trail cannot take it, what happened stands (undoing or failing it could
+    invite a repeat) and the gap is logged by record()."""
+    try:
+        record(action, outcome, **fields)
+    except AuditUnavailable:
+        pass
+
+
 class AuditRetention:
     """Trims entries older than AUDIT_RETENTION_DAYS, on one worker of one host at a time
     (a lease), from the maintenance thread."""

@@ -150,21 +150,13 @@ def authenticate_request(operator_keys: tuple[str, ...] | None = None) -> Princi
                 raise _unavailable() from None
         else:
             log.warning("refused key ip=%s path=%s reason=%s", ip, request.path, refused.reason)
-        _audit_refusal("failed" if refused.counted else "refused", refused.reason)
+        audit.record_done("auth", "failed" if refused.counted else "refused",
+                          details={"reason": refused.reason, "path": request.path})
         headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if refused.status == 401 else None
         raise ApiError(refused.status, refused.message, headers) from None
     except PyMongoError:
         log.error("key store unavailable (MongoDB) ip=%s", ip)
         raise _unavailable() from None
-
-
-def _audit_refusal(outcome: str, reason: str, principal: Principal | None = None) -> None:
-    """A refused credential or scope goes into the audit trail; the caller gets its refusal
-    either way (a trail MongoDB cannot take then is only logged: nothing was served)."""
-    try:
-        audit.record("auth", outcome, principal=principal, details={"reason": reason, "path": request.path})
-    except audit.AuditUnavailable:
-        pass
 
 
 def require_access(scope: str):
@@ -176,7 +168,8 @@ def require_access(scope: str):
         def wrapper(*args, **kwargs):
             principal = authenticate_request()
             if not principal.allows(scope):
-                _audit_refusal("refused", f"no {scope} scope", principal)
+                audit.record_done("auth", "refused", principal=principal,
+                                  details={"reason": f"no {scope} scope", "path": request.path})
                 raise ApiError(403, f"This API key lacks the '{scope}' scope")
             g.principal = principal
             return view(*args, **kwargs)

@@ -62,3 +62,7 @@ class Principal:
         """What rate limits count for authenticated requests: the person (all their keys
         together), or the operator."""
         return f"person:{self.person_id}" if self.person_id else "operator"
+
+
+# The operator at the server's own terminal (improvmx-archive users/keys/outbox ...): an admin.
+CLI_ACTOR = Principal.operator(via="cli")

@@ -18,11 +18,10 @@ from . import audit
 from .keys import Keys
 from .passwords import check_new_password, hash_password, needs_rehash, verify_password
 from .people import People, PeopleError
-from .principal import ADMIN, MEMBER, Principal
+from .principal import ADMIN, CLI_ACTOR, MEMBER, Principal  # noqa: F401  (CLI_ACTOR: callers' actor on the CLI)
 
 log = logging.getLogger(__name__)
 
-CLI_ACTOR = Principal.operator(via="cli")
 
 
 class WrongPassword(ValueError):

@@ -13,7 +13,7 @@ from bson import ObjectId
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
-from ..access.principal import Principal
+from ..access.principal import CLI_ACTOR
 from ..config import SendingSettings
 from ..times import api_time
 from . import smtp
@@ -22,7 +22,6 @@ from .outbox import CANCELLABLE, RETRYABLE, STATES, SendOutbox
 from .service import audited
 
 EXIT_SMTP_FAILED = 4
-CLI_ACTOR = Principal.operator(via="cli").actor()
 outbox_cli = AppGroup("outbox", help="The send outbox: status, retry and cancel.")
 
 
@@ -102,11 +101,11 @@ def _send_id(value: str) -> ObjectId:
 @click.argument("send_id")
 def outbox_retry_command(send_id: str):
     """Send a failed or unknown send again now (an unknown one may then arrive twice)."""
-    item = _outbox().retry(_send_id(send_id), {}, CLI_ACTOR)
+    item = _outbox().retry(_send_id(send_id), {}, CLI_ACTOR.actor())
     if item is None:
         click.echo(f"error: no send {send_id} in a state that can be retried ({', '.join(RETRYABLE)})", err=True)
         sys.exit(1)
-    audited("send_retry", Principal.operator(via="cli"), details={"send_id": send_id})
+    audited("send_retry", CLI_ACTOR, details={"send_id": send_id})
     click.echo(f"ok: {send_id} queued again")
 
 
@@ -114,11 +113,11 @@ def outbox_retry_command(send_id: str):
 @click.argument("send_id")
 def outbox_cancel_command(send_id: str):
     """Stop a queued, retrying or unknown send."""
-    item = _outbox().cancel(_send_id(send_id), {}, CLI_ACTOR)
+    item = _outbox().cancel(_send_id(send_id), {}, CLI_ACTOR.actor())
     if item is None:
         click.echo(f"error: no send {send_id} in a state that can be cancelled ({', '.join(CANCELLABLE)})", err=True)
         sys.exit(1)
-    audited("send_cancel", Principal.operator(via="cli"), details={"send_id": send_id})
+    audited("send_cancel", CLI_ACTOR, details={"send_id": send_id})
     click.echo(f"ok: {send_id} cancelled")
 
 

@@ -204,12 +204,8 @@ class Sending:
 
 def audited(action: str, principal: Principal, **fields) -> None:
     """An audit entry for a send, retry or cancel that has already happened: if the trail
-    cannot take it, the action stands (answering an error would invite a second send) and
-    the gap is logged."""
-    try:
-        audit.record(action, principal=principal, **fields)
-    except audit.AuditUnavailable:
-        log.error("audit entry for %s not written (MongoDB unavailable); the action stands", action)
+    cannot take it, the action stands (answering an error would invite a second send)."""
+    audit.record_done(action, principal=principal, **fields)
 
 
 def unavailable(error: Exception) -> SendRefused:
