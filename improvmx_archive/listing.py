@@ -221,23 +221,32 @@ class CursorCodec:
     def _mac(self, fingerprint: str, position: bytes) -> bytes:
         return hmac.new(self.key, fingerprint.encode() + position, hashlib.sha256).digest()[:_MAC_BYTES]
 
-    def encode(self, fingerprint: str, received_at: datetime, email_id: ObjectId) -> str:
-        moment = received_at if received_at.tzinfo else received_at.replace(tzinfo=timezone.utc)
-        position = struct.pack(_CURSOR_FORMAT, (moment - _EPOCH) // _MILLISECOND, email_id.binary)
+    def seal(self, fingerprint: str, position: bytes) -> str:
+        """Any page position as a cursor, signed together with the filters' fingerprint."""
         return base64.urlsafe_b64encode(position + self._mac(fingerprint, position)).decode().rstrip("=")
 
-    def decode(self, fingerprint: str, cursor: str) -> tuple[datetime, ObjectId]:
-        """The (received_at, _id) a cursor points after; QueryError if it is not one of ours
-        for these filters."""
-        size = struct.calcsize(_CURSOR_FORMAT)
+    def unseal(self, fingerprint: str, cursor: str, size: int, refusal: str) -> bytes:
+        """The `size`-byte position a cursor carries; QueryError(refusal) if it was not sealed
+        here for this fingerprint."""
         try:
             raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         except (ValueError, TypeError):
             raw = b""
         position, mac = raw[:size], raw[size:]
         if len(raw) != size + _MAC_BYTES or not hmac.compare_digest(mac, self._mac(fingerprint, position)):
-            raise QueryError("invalid cursor: it was altered, or is used with other filters than the "
-                             "page it came from; start again without 'cursor'")
+            raise QueryError(refusal)
+        return position
+
+    def encode(self, fingerprint: str, received_at: datetime, email_id: ObjectId) -> str:
+        moment = received_at if received_at.tzinfo else received_at.replace(tzinfo=timezone.utc)
+        return self.seal(fingerprint, struct.pack(_CURSOR_FORMAT, (moment - _EPOCH) // _MILLISECOND, email_id.binary))
+
+    def decode(self, fingerprint: str, cursor: str) -> tuple[datetime, ObjectId]:
+        """The (received_at, _id) a cursor points after; QueryError if it is not one of ours
+        for these filters."""
+        position = self.unseal(fingerprint, cursor, struct.calcsize(_CURSOR_FORMAT),
+                               "invalid cursor: it was altered, or is used with other filters than the "
+                               "page it came from; start again without 'cursor'")
         millis, binary = struct.unpack(_CURSOR_FORMAT, position)
         return _EPOCH + millis * _MILLISECOND, ObjectId(binary)
 

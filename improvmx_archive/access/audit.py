@@ -35,7 +35,6 @@ and `--anchor SEQ:HASH` checks that an entry noted earlier is still the same.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -86,7 +85,6 @@ MAX_ID_LENGTH = 100
 MAX_DETAIL_TEXT = 500
 _ACTION = re.compile(r"^[a-z][a-z0-9_.-]{0,39}$")
 _CURSOR_FORMAT = ">q"
-_MAC_BYTES = 16
 MAX_PAGE = 100
 DEFAULT_PAGE = 50
 
@@ -177,7 +175,7 @@ class AuditTrail:
         self.entries = database.get_collection(ENTRIES, write_concern=DURABLE)
         self.state = database.get_collection(STATE, write_concern=DURABLE)
         self.head_hint = database.get_collection(STATE, write_concern=WriteConcern(w=0))
-        self._cursor_key: bytes | None = None
+        self._cursors: CursorCodec | None = None
         self._last: tuple[int, str] | None = None  # the newest entry this process wrote or met
         self._lock = threading.Lock()
         self._queue: list[_Ticket] = []
@@ -411,28 +409,21 @@ class AuditTrail:
 
     # --- reading ---------------------------------------------------------------------------
 
-    def cursor_key(self) -> bytes:
-        if self._cursor_key is None:
-            self._cursor_key = hmac.new(CursorCodec.from_database(self.database).key, b"audit cursor v1",
-                                        hashlib.sha256).digest()
-        return self._cursor_key
+    def cursors(self) -> CursorCodec:
+        """The listing's cursor signer under a key of the trail's own (derived from the
+        deployment's cursor key), so a mail-list cursor is never an audit one."""
+        if self._cursors is None:
+            key = hmac.new(CursorCodec.from_database(self.database).key, b"audit cursor v1", hashlib.sha256).digest()
+            self._cursors = CursorCodec(key)
+        return self._cursors
 
     def encode_cursor(self, fingerprint: str, seq: int) -> str:
-        position = struct.pack(_CURSOR_FORMAT, seq)
-        mac = hmac.new(self.cursor_key(), fingerprint.encode() + position, hashlib.sha256).digest()[:_MAC_BYTES]
-        return base64.urlsafe_b64encode(position + mac).decode().rstrip("=")
+        return self.cursors().seal(fingerprint, struct.pack(_CURSOR_FORMAT, seq))
 
     def decode_cursor(self, fingerprint: str, cursor: str) -> int:
-        size = struct.calcsize(_CURSOR_FORMAT)
-        try:
-            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        except (ValueError, TypeError):
-            raw = b""
-        position, mac = raw[:size], raw[size:]
-        good = hmac.new(self.cursor_key(), fingerprint.encode() + position, hashlib.sha256).digest()[:_MAC_BYTES]
-        if len(raw) != size + _MAC_BYTES or not hmac.compare_digest(mac, good):
-            raise QueryError("'cursor' is invalid: it was altered, or belongs to other filters or another "
-                             "reader; start again without it")
+        position = self.cursors().unseal(fingerprint, cursor, struct.calcsize(_CURSOR_FORMAT),
+                                         "'cursor' is invalid: it was altered, or belongs to other filters or "
+                                         "another reader; start again without it")
         return struct.unpack(_CURSOR_FORMAT, position)[0]
 
     def page(self, query: "AuditQuery", cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
