@@ -66,7 +66,8 @@ def test_an_admin_filters_the_trail_with_javascript_off(no_script, archive):
     driver.get(base + "/ui/login")
     driver.find_element(By.ID, "key").send_keys(API_KEY)
     driver.find_element(By.CSS_SELECTOR, "button.primary").click()
-    assert driver.find_elements(By.CSS_SELECTOR, ".messages")  # signed in, no script needed
+    # signed in, no script needed: the inbox's list appears once the form post's answer has loaded
+    assert WebDriverWait(driver, 15).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".messages"))
     driver.get(f"{base}/ui/emails/{ids['sales@archive.test']}")  # the admin's own view
     driver.find_element(By.LINK_TEXT, "Audit").click()
     WebDriverWait(driver, 15).until(lambda d: d.current_url.startswith(base + "/ui/audit"))
