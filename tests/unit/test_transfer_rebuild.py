@@ -3,6 +3,7 @@ hygiene, hostile stored values, mboxrd quoting, and streaming of large parts."""
 
 from __future__ import annotations
 
+import base64
 import email
 import hashlib
 import os
@@ -16,7 +17,8 @@ import pytest
 
 from improvmx_archive.sample import payload_from_mime
 from improvmx_archive.mailio import (
-    NEVER_COPIED, RECONSTRUCTED_HEADER, UNREPRESENTABLE_HEADER, MessageSource, header_lines, mbox_entry, unquote_mbox,
+    NEVER_COPIED, RECONSTRUCTED_HEADER, UNREPRESENTABLE_HEADER, MessageSource, _base64_lines, header_lines, mbox_entry,
+    unquote_mbox,
 )
 from tests.payloads import FIXTURES, eml_payload, message_with_attachment
 
@@ -284,6 +286,16 @@ def test_large_attachment_is_streamed_in_bounded_chunks(app):
     parsed = email.message_from_bytes(b"".join(chunks), policy=policy.default)
     assert parsed.get_payload()[1].get_content() == data
     assert all(len(line) <= 78 for line in re.split(rb"\r\n", b"".join(chunks)))
+
+
+@pytest.mark.parametrize("size", [0, 1, 56, 57, 58, 57 * 512 - 1, 57 * 512, 57 * 512 + 1, 57 * 1536 + 40])
+@pytest.mark.parametrize("chunk_size", [7, 1000, 57 * 512, 261_120])
+def test_base64_lines_are_rfc2045_lines_whatever_the_chunking(size, chunk_size):
+    """Lines are cut in blocks: every size around a line and a block boundary, any chunking."""
+    data = os.urandom(size)
+    chunks = [data[i:i + chunk_size] for i in range(0, size, chunk_size)]
+    assert b"".join(_base64_lines(chunks, b"\r\n")) == base64.encodebytes(data).replace(b"\n", b"\r\n")
+    assert b"".join(_base64_lines(chunks, b"\n")) == base64.encodebytes(data)
 
 
 def test_missing_part_content_still_gives_a_parseable_message(app, monkeypatch):
