@@ -43,6 +43,8 @@ FIELD_CHARS = 8192  # each field's stored word sequence is cut here
 VALUE_SEPARATOR = " | "
 BATCH_SIZE = 100
 VOCABULARY = "search_terms"
+# What search_fields() adds to a message: only queries read it, so reads of whole messages leave it out.
+SEARCH_ONLY_FIELDS = ("tokens", "search", "subject_trigrams", "search_version")
 PENDING = "search_pending"
 SEARCH_STATE = "search_state"
 REINDEX_STATE = "reindex"

@@ -286,3 +286,19 @@ def test_a_batch_is_written_in_one_round_trip_and_a_refused_message_is_set_aside
     assert emails.find_one({"_id": ObjectId(second)})["search_error"] == "write error 11000"
     assert backlog(app.extensions["database"]).pending == 0
     assert f"message {second} cannot be indexed" in caplog.text
+
+
+def test_whole_message_reads_leave_the_search_fields_out_and_still_rebuild(app):
+    """find_many (the IMAP view's FETCH) skips what only queries read; the rebuild never reads it."""
+    from improvmx_archive.indexer import SEARCH_ONLY_FIELDS
+    from improvmx_archive.mailio import REBUILD_INPUTS
+
+    archive = app.extensions["archive"]
+    store_corpus(app)
+    SearchIndexer(archive).index_pending()
+    indexed = archive.emails.find_one({"tokens": {"$exists": True}})
+    assert set(search_fields(indexed, "body words")) == set(SEARCH_ONLY_FIELDS)
+    assert not set(SEARCH_ONLY_FIELDS) & set(REBUILD_INPUTS)
+    (whole,) = archive.find_many({"_id": indexed["_id"]})
+    assert not set(SEARCH_ONLY_FIELDS) & set(whole)
+    assert whole["subject"] == indexed["subject"]
