@@ -7,7 +7,8 @@ Debian's Dovecot (`dovecot-imapd`, run unprivileged from a config in a temp dir)
 The same mbsync (isync), same settings, same TLS, pulls INBOX from each into an empty
 Maildir; rounds alternate between the servers, once with mbsync's own default (FSync yes:
 every message flushed to disk, as people run it) and once without (the servers' speed
-alone). Reported: messages per second for each, the ratios, and the IMAP server's peak
+alone). Reported: messages per second for each, the ratios, the CPU each side spent per
+message (the IMAP server, its database, mbsync; Dovecot's processes), and the IMAP server's peak
 memory while it serves a mailbox holding the largest message and the whole INBOX (flat
 means independent of the mailbox's size).
 
@@ -20,7 +21,9 @@ import argparse
 import json
 import os
 import pwd
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,10 +36,12 @@ from devtools import processes
 from improvmx_archive import create_app
 from improvmx_archive.access.principal import Principal
 from improvmx_archive.access.scoped import ScopedArchive
+from improvmx_archive.indexer import SearchIndexer
 from improvmx_archive.sample import payload_from_mime
 from tests.conftest import API_KEY, make_settings
 
 from . import corpus
+from .costs import TICK, process_tree
 from .harness import proc_status, reset_peak
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "cpython"
@@ -151,13 +156,31 @@ SyncState *
     return path
 
 
-def timed_sync(config: Path) -> float:
+def timed_sync(config: Path) -> tuple[float, float]:
+    """Wall seconds of one mbsync run, and the CPU seconds mbsync itself spent."""
+    client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(["mbsync", "-q", "-c", str(config), "-a"], capture_output=True, text=True)
     elapsed = time.perf_counter() - started
+    client_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(f"mbsync failed: {done.stdout}{done.stderr}")
-    return elapsed
+    client = (client_after.ru_utime + client_after.ru_stime) - (client_before.ru_utime + client_before.ru_stime)
+    return elapsed, client
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process tree, including children already exited and reaped (Dovecot
+    runs a login and an imap process per connection; their time lands in the master's cutime)."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += sum(int(value) for value in fields[11:15]) / TICK  # utime stime cutime cstime
+    return total
 
 
 def count_files(folder: Path) -> int:
@@ -187,6 +210,7 @@ def main() -> int:
     print(f"storing {args.messages} messages ...", flush=True)
     for payload in real_world_payloads(args.messages, args.seed):
         archive.ingest(payload)
+    SearchIndexer(archive).index_pending()  # as the web workers' background pass leaves them
 
     cert, key = processes.self_signed_certificate(work / "tls")
     imap_port = processes.free_port()
@@ -221,6 +245,8 @@ def main() -> int:
 
     modes = {"no-fsync": False, "fsync": True}
     results: dict[str, dict[str, list[float]]] = {mode: {"archive": [], "dovecot": []} for mode in modes}
+    cpu: dict[str, dict[str, list[dict[str, float]]]] = {mode: {"archive": [], "dovecot": []} for mode in modes}
+    dovecot_pid = int((dovecot_root / "run" / "master.pid").read_text().split()[0])
     try:
         for mode, fsync in modes.items():
             for round_number in range(args.rounds):
@@ -231,13 +257,20 @@ def main() -> int:
                                             else (dovecot_port, "bench", DOVECOT_PASSWORD))
                     mbsyncrc = mbsync_config(work / f"mbsyncrc-{mode}-{name}-{round_number}", port, user, password,
                                              cert, target, "INBOX", fsync)
-                    seconds = timed_sync(mbsyncrc)
+                    sides = ({"server": server.proc.pid, "database": database.proc.pid} if name == "archive"
+                             else {"server": dovecot_pid})
+                    before = {side: tree_cpu(pid) for side, pid in sides.items()}
+                    seconds, client = timed_sync(mbsyncrc)
+                    time.sleep(0.5)  # Dovecot's per-connection processes exit and are reaped
+                    spent = {side: tree_cpu(pid) - before[side] for side, pid in sides.items()}
+                    spent["client"] = client
                     got = count_files(target)
                     if got != stored:
                         raise RuntimeError(f"{name}: synced {got} of {stored} messages")
                     results[mode][name].append(seconds)
-                    print(f"{mode} round {round_number + 1} {name}: {seconds:.2f} s ({stored / seconds:.0f} msg/s)",
-                          flush=True)
+                    cpu[mode][name].append(spent)
+                    print(f"{mode} round {round_number + 1} {name}: {seconds:.2f} s ({stored / seconds:.0f} msg/s), "
+                          + ", ".join(f"{side} {value:.2f} s CPU" for side, value in spent.items()), flush=True)
                     shutil.rmtree(target)
         # Memory: peak RSS while one mailbox holding the largest message syncs, then the whole
         # INBOX. A server whose memory follows the mailbox's size would differ widely; one
@@ -273,6 +306,10 @@ def main() -> int:
                               for mode, by_server in results.items()},
         "ratio_archive_to_dovecot": {mode: round(rate(by_server["archive"]) / rate(by_server["dovecot"]), 3)
                                      for mode, by_server in results.items()},
+        "cpu_ms_per_message": {mode: {name: {side: round(statistics.median(run[side] for run in runs) / stored * 1000, 3)
+                                             for side in runs[0]}
+                                      for name, runs in by_server.items()}
+                               for mode, by_server in cpu.items()},
         "numbering_seconds": round(numbering_seconds, 1), "memory": memory,
         "mbsync": subprocess.run(["mbsync", "--version"], capture_output=True, text=True).stdout.strip(),
         "dovecot": subprocess.run(["/usr/sbin/dovecot", "--version"], capture_output=True, text=True).stdout.strip(),
