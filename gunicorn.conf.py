@@ -41,8 +41,9 @@ workers = int(os.environ.get("WEB_CONCURRENCY") or 2 * _cores() + 1)
 worker_class = "gthread"
 threads = 4
 
-# No preload_app: each worker opens its own MongoClient after the fork (pymongo clients are
-# not fork-safe) and a HUP reload imports the new application code.
+# No preload_app: each worker builds the app (its own MongoClient, pymongo clients are not
+# fork-safe, and its own background threads) after the fork. The code is shared instead:
+# the master imports the application's modules, never the app (see _share_application_code).
 preload_app = False
 
 # gthread workers heartbeat from their main loop, not per request, so `timeout` only catches
@@ -80,20 +81,57 @@ def _settings_error() -> str | None:
 
 def on_starting(server) -> None:
     """In the master, before it listens or forks: a configuration error stops start-up;
-    then the metrics directory is emptied (see _fresh_metrics_directory)."""
+    then the metrics directory is emptied (see _fresh_metrics_directory) and the
+    application's code imported for the workers to share."""
     error = _settings_error()
     if error:
         print(error, file=sys.stderr, flush=True)
         sys.exit(2)
     _fresh_metrics_directory()
+    _share_application_code(server)
 
 
 def on_reload(server) -> None:
     """On HUP, before new workers are forked: a broken configuration stops the service with
-    the message rather than leaving it up with workers that can never boot."""
+    the message rather than leaving it up with workers that can never boot; otherwise the
+    shared code is imported afresh, so the new workers run the code now on disk."""
     error = _settings_error()
     if error:
         raise HaltServer(error, 2)
+    _share_application_code(server)
+
+
+# Shared code. Each worker would otherwise import the same ~25 MiB of modules (Flask,
+# pymongo, the archive's own) on its own, 2 x cores + 1 times on a small VPS that also runs
+# MongoDB. The master imports them once before it forks, so the workers share those pages
+# copy-on-write; gc.freeze() keeps the collector from writing to (and so copying) them.
+# Importing a module has no side effect here: no client, no thread, no settings read (the
+# settings check above imports the package in a child first, so broken code never gets here).
+# A HUP drops every module the import brought (the standard library's excepted) and imports
+# them again. A dependency upgraded with compiled code needs a restart, not a reload: the
+# installer restarts the service whenever requirements change. Another app served with this
+# file (the benchmarks' reference receivers) shares nothing.
+_SHARED_CODE = {"app:app": "improvmx_archive"}  # the served app -> the package its workers import
+
+
+def _share_application_code(server) -> None:
+    """Import (again, after a HUP) the application's modules in the master."""
+    import gc
+    import importlib
+
+    entry = _SHARED_CODE.get(getattr(server.app, "app_uri", None))
+    if entry is None:
+        return
+    gc.unfreeze()
+    shared = getattr(server, "shared_packages", set())
+    for name in [name for name in sys.modules if name.partition(".")[0] in shared]:
+        del sys.modules[name]
+    gc.collect()
+    before = set(sys.modules)
+    importlib.import_module(entry)
+    server.shared_packages = {name.partition(".")[0] for name in set(sys.modules) - before} - \
+        set(sys.stdlib_module_names) - {"gunicorn", "__main__"}
+    gc.freeze()
 
 
 # Stop signals (TERM, INT, QUIT) must work at every moment of a worker's life. gunicorn would

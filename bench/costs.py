@@ -206,14 +206,14 @@ def smaps(pid: int) -> dict[str, int]:
 
 def booted_workers(server: ManagedProcess, expected: int, timeout: float = 60.0) -> list[int]:
     """The worker pids once all `expected` workers have loaded the app (_wait_ready returns
-    when the first answers): each holds clearly more than the master and has stopped growing."""
+    when the first answers): each holds clearly more memory of its own than a fresh fork of
+    the master (which shares all of its pages) and has stopped growing."""
     deadline = time.monotonic() + timeout
     previous: dict[int, int] = {}
     while time.monotonic() < deadline:
-        master = smaps(server.proc.pid)["rss"]
-        current = {pid: smaps(pid)["rss"] for pid in worker_pids(server)}
-        if len(current) == expected and all(rss > master + 4 * MB and abs(rss - previous.get(pid, 0)) < MB // 4
-                                            for pid, rss in current.items()):
+        current = {pid: smaps(pid)["uss"] for pid in worker_pids(server)}
+        if len(current) == expected and all(uss > 4 * MB and abs(uss - previous.get(pid, 0)) < MB // 4
+                                            for pid, uss in current.items()):
             return list(current)
         previous = current
         time.sleep(0.5)
@@ -281,6 +281,9 @@ def memory_figure(bench: Bench, corpus: Corpus, args, log) -> dict:
             "workers_rss_mib": _spread([r["workers_rss"] / MB for r in mine]),
             "workers_pss_mib": _spread([r["workers_pss"] / MB for r in mine]),
             "workers_uss_mib": _spread([r["workers_uss"] / MB for r in mine]),
+            # What the service holds: every worker's share and the master's (which holds the
+            # code the workers share, when it does).
+            "service_pss_mib": _spread([(r["workers_pss"] + r["master"]["pss"]) / MB for r in mine]),
         }
     return {"rounds": rows, "summary": summary}
 
@@ -331,16 +334,16 @@ def render(result: dict) -> str:
         memory = result["memory"]
         lines += ["Memory, MiB, median of the rounds (min–max). One worker: RSS right after boot, RSS/PSS/USS "
                   "after one small delivery (idle), peak RSS (VmHWM) while storing the large message. "
-                  "Default workers: the sum over every worker after one delivery.", "",
+                  "Default workers: the sum over every worker after one delivery; service PSS adds the master's.", "",
                   "| system | booted RSS | idle RSS | idle PSS | idle USS | peak RSS (payload) | stored "
-                  "| workers | all workers RSS | all workers PSS | all workers USS |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| workers | all workers RSS | all workers PSS | all workers USS | service PSS |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for system, row in memory["summary"].items():
             lines.append(f"| {system} | {_cell(row['booted_rss_mib'], 1)} | {_cell(row['idle_rss_mib'], 1)} | "
                          f"{_cell(row['idle_pss_mib'], 1)} | {_cell(row['idle_uss_mib'], 1)} | "
                          f"{_cell(row['peak_rss_mib'], 1)} ({row['payload_mib']}) | {row['stored']}/{row['attempts']} | "
                          f"{row['workers']} | {_cell(row['workers_rss_mib'], 0)} | {_cell(row['workers_pss_mib'], 0)} | "
-                         f"{_cell(row['workers_uss_mib'], 0)} |")
+                         f"{_cell(row['workers_uss_mib'], 0)} | {_cell(row.get('service_pss_mib') or _spread([]), 0)} |")
         lines.append("")
     return "\n".join(lines)
 

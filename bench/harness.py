@@ -31,6 +31,8 @@ APP_SPECS = {
     "ceiling": "bench.naive_app:create_ceiling_app()",
     "original": "bench.original_app:app",
 }
+# The reference receivers' processes import bench/reference_site/sitecustomize.py first.
+REFERENCE_SITE = Path(__file__).resolve().parent / "reference_site"
 # Only when the repo has no gunicorn.conf.py yet: a plain sync gunicorn that lets a 50 MB
 # upload finish on a slow machine.
 FALLBACK_ARGS = ["--timeout", "300", "--workers", "4"]
@@ -287,6 +289,7 @@ class Bench:
             "BACKGROUND_TASKS": "false",
             "SPOOL_DIR": str(spool),
             "PYTHONUNBUFFERED": "1",
+            **({} if APP_SPECS[system] == "app:app" else {"PYTHONPATH": str(REFERENCE_SITE)}),
             **extra,
         }
 
