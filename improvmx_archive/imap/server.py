@@ -55,7 +55,7 @@ SEEN_FLAG = "\\Seen"
 FLAGS_LINE = b"FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)"
 FETCH_BATCH = 100
 FETCH_BATCH_BYTES = 4 * 1024 * 1024
-BODY_BATCH = 25
+BODY_BATCH = 100
 POSTAUTH_TIMEOUT = 30 * 60
 TRAILING_LITERAL = re.compile(rb"\{(\d{1,6})\}$")
 PIPELINED_FETCH = re.compile(rb"^(\S+) UID FETCH (\S+) (.+)$", re.I)
@@ -587,27 +587,49 @@ class ArchiveIMAPServer(IMAP4Server):
             return answers, fetched
 
         @defer.inlineCallbacks
+        def send(run_entries: list[tuple], building: defer.Deferred):
+            """Write one run's answers, in order, once built; False when the client is gone."""
+            answers, _ = yield building
+            if self.transport is None or not self.transport.connected:
+                return False
+            for index, value, number in run_entries:
+                if value in answers:
+                    self.transport.writeSequence(answers[value])
+                if last_of[number] == index:
+                    self.sendPositiveResponse(commands[number][0], b"FETCH completed")
+                    answered[0] = number + 1
+            if self._paused is not None:
+                yield self._paused
+            return True
+
+        @defer.inlineCallbacks
         def run():
-            for start in range(0, len(entries), step):
-                chunk = list(enumerate(entries[start:start + step], start))
-                values = sorted({value for _, (_, value) in chunk if value is not None})
-                sizes = {}
-                if body and values:
-                    found = yield deferToThread(reader.metadata, values, box, through)
-                    sizes = {value: meta["size"] for value, meta in found.items()}
-                for run_entries in byte_runs([(index, value, number) for index, (number, value) in chunk], sizes):
-                    wanted_now = sorted({value for _, value, _ in run_entries if value is not None})
-                    answers, fetched = (yield deferToThread(build, wanted_now)) if wanted_now else ({}, [])
-                    if self.transport is None or not self.transport.connected:
-                        return
-                    for index, value, number in run_entries:
-                        if value in answers:
-                            self.transport.writeSequence(answers[value])
-                        if last_of[number] == index:
-                            self.sendPositiveResponse(commands[number][0], b"FETCH completed")
-                            answered[0] = number + 1
-                    if self._paused is not None:
-                        yield self._paused
+            # Each run is built (database reads, rebuild, audit entry) in a thread while the one
+            # before it is written, so the database and this process work side by side: at most
+            # two runs (2 x FETCH_BATCH_BYTES) are held at once. A client that leaves may leave
+            # one run audited as fetched but unsent: the trail over-reports, never under-reports.
+            ahead = None
+            try:
+                for start in range(0, len(entries), step):
+                    chunk = list(enumerate(entries[start:start + step], start))
+                    values = sorted({value for _, (_, value) in chunk if value is not None})
+                    sizes = {}
+                    if body and values:
+                        found = yield deferToThread(reader.metadata, values, box, through)
+                        sizes = {value: meta["size"] for value, meta in found.items()}
+                    for run_entries in byte_runs([(index, value, number) for index, (number, value) in chunk],
+                                                 sizes):
+                        wanted_now = sorted({value for _, value, _ in run_entries if value is not None})
+                        previous, ahead = ahead, (run_entries, deferToThread(build, wanted_now) if wanted_now
+                                                  else defer.succeed(({}, [])))
+                        if previous is not None and not (yield send(*previous)):
+                            return
+                if ahead is not None:
+                    yield send(*ahead)
+                    ahead = None
+            finally:
+                if ahead is not None:  # stopped early: the run built ahead is never sent
+                    ahead[1].addErrback(lambda _: None)
 
         def failed(failure):
             # Commands of the group not yet answered get the same NO (their messages unsent).

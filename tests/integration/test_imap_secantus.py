@@ -600,3 +600,44 @@ def test_a_message_deleted_through_the_api_is_expunged_on_noop(filled):
         _, untagged = imap.noop()
         assert (4, b"EXPUNGE") in untagged and (11, b"EXISTS") in untagged
         assert sorted(imap.search("ALL")) == [uid for uid in uids if uid != victim]
+
+
+def test_a_fetch_spanning_several_runs_is_whole_and_in_order_and_a_client_leaving_midway_harms_nothing(stack):
+    """Runs are built one ahead of the one being written: every message arrives once, in
+    order, equal to /raw; a client that drops the connection mid-FETCH leaves the server
+    serving others, with no unhandled error."""
+    ids = []
+    for number in range(6):
+        message = EmailMessage()
+        message["From"] = "big@example.org"
+        message["To"] = f"sales@{DOMAIN}"
+        message["Subject"] = f"Large {number}"
+        message["Message-ID"] = f"<large{number}@example.org>"
+        message.set_content("See the attachment.\n")
+        message.add_attachment(os.urandom(1_500_000), maintype="application", subtype="octet-stream",
+                               filename=f"large-{number}.bin")
+        ids.append(stack.deliver(message.as_bytes()))
+    stack.start()
+    stack.wait_numbered()
+    with stack.imap() as client:
+        client.select_folder("INBOX", readonly=True)
+        uids = client.search("ALL")
+        fetched = client.fetch(uids, ["BODY.PEEK[]"])
+        assert sorted(fetched) == sorted(uids) and len(uids) == 6
+        assert sorted(fetched[uid][b"BODY[]"] for uid in uids) == sorted(stack.raw(email_id) for email_id in ids)
+
+    with socket.create_connection(("localhost", stack.port), timeout=30) as plain:
+        with stack.context.wrap_socket(plain, server_hostname="localhost") as tls:
+            tls.recv(4096)
+            tls.sendall(f"a LOGIN operator {API_KEY}\r\nb SELECT INBOX\r\nc UID FETCH 1:* BODY.PEEK[]\r\n".encode())
+            received = b""
+            while len(received) < 200_000:
+                received += tls.recv(65536)
+    assert b"BODY[]" in received
+
+    with stack.imap() as client:
+        client.select_folder("INBOX", readonly=True)
+        again = client.fetch(client.search("ALL"), ["RFC822.SIZE"])
+        assert len(again) == 6
+    time.sleep(1)
+    assert "Unhandled error" not in stack.server.log_text()
