@@ -110,7 +110,9 @@ def on_reload(server) -> None:
 # A HUP drops every module the import brought (the standard library's excepted) and imports
 # them again. A dependency upgraded with compiled code needs a restart, not a reload: the
 # installer restarts the service whenever requirements change. Another app served with this
-# file (the benchmarks' reference receivers) shares nothing.
+# file (the benchmarks' reference receivers) shares nothing, and neither does a server run
+# with --reload (e.g. `./dev.sh --reload`): it restarts workers from the master on a file
+# change, and a master holding the code would hand them the old one.
 _SHARED_CODE = {"app:app": "improvmx_archive"}  # the served app -> the package its workers import
 
 
@@ -120,7 +122,7 @@ def _share_application_code(server) -> None:
     import importlib
 
     entry = _SHARED_CODE.get(getattr(server.app, "app_uri", None))
-    if entry is None:
+    if entry is None or server.cfg.reload:
         return
     gc.unfreeze()
     shared = getattr(server, "shared_packages", set())

@@ -4,6 +4,7 @@ master, and workers share the code the master imported while a HUP still loads n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -175,36 +176,22 @@ def _own_share(pid: int) -> float:
     return (values["Private_Clean"] + values["Private_Dirty"]) / values["Rss"]
 
 
-def test_workers_share_the_code_and_a_reload_serves_the_code_now_on_disk(tmp_path, secantus_uri, secantus_db_name):
-    """The master imports the application's modules for its workers to share; a HUP must
-    still bring the code changed on disk into the new workers, and the re-imported metrics
-    must still be served."""
+@contextlib.contextmanager
+def _served_copy(tmp_path: Path, env: dict[str, str], *args: str):
+    """gunicorn serving a copy of the application's tree (to be changed on disk): (master, port, tree)."""
     tree = tmp_path / "tree"
     shutil.copytree(processes.REPO_ROOT / "improvmx_archive", tree / "improvmx_archive",
                     ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("app.py", "gunicorn.conf.py"):
         shutil.copy(processes.REPO_ROOT / name, tree / name)
     port = processes.free_port()
-    env = _env(tmp_path, MONGO_URI=secantus_uri, MONGO_DB=secantus_db_name, RATELIMIT_ENABLED="false")
     log = open(tmp_path / "gunicorn.log", "wb")
     master = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "--config", str(tree / "gunicorn.conf.py"),
-                               "--bind", f"127.0.0.1:{port}", "--workers", "2", "app:app"],
+                               "--bind", f"127.0.0.1:{port}", *args, "app:app"],
                               cwd=tree, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     try:
         assert _wait(lambda: _get(port, "/healthz")[0] == 200, 60), (tmp_path / "gunicorn.log").read_text()
-        first = _children(master.pid)
-        assert len(first) == 2
-        # A worker that imported the code itself holds ~3/4 of its pages alone; sharing, well under half.
-        assert all(_own_share(pid) < 0.5 for pid in first), [_own_share(pid) for pid in first]
-
-        health = tree / "improvmx_archive" / "routes" / "health.py"
-        health.write_text(health.read_text().replace('jsonify(status="ok")', 'jsonify(status="ok", code="reloaded")'))
-        os.kill(master.pid, signal.SIGHUP)
-        assert _wait(lambda: json.loads(_get(port, "/healthz")[1] or b"{}").get("code") == "reloaded"
-                     and not any(_alive(pid) for pid in first), 60), (tmp_path / "gunicorn.log").read_text()
-        status, body = _get(port, "/metrics", {"Authorization": f"Bearer {API_KEY}"})
-        assert status == 200 and b"improvmx_http_requests" in body
-        assert master.poll() is None
+        yield master, port, tree
     finally:
         master.terminate()
         try:
@@ -212,3 +199,41 @@ def test_workers_share_the_code_and_a_reload_serves_the_code_now_on_disk(tmp_pat
         except subprocess.TimeoutExpired:
             os.killpg(master.pid, signal.SIGKILL)
         log.close()
+
+
+def _change_a_route(tree: Path) -> None:
+    health = tree / "improvmx_archive" / "routes" / "health.py"
+    health.write_text(health.read_text().replace('jsonify(status="ok")', 'jsonify(status="ok", code="reloaded")'))
+
+
+def _serves_the_change(port: int) -> bool:
+    return json.loads(_get(port, "/healthz")[1] or b"{}").get("code") == "reloaded"
+
+
+def test_workers_share_the_code_and_a_reload_serves_the_code_now_on_disk(tmp_path, secantus_uri, secantus_db_name):
+    """The master imports the application's modules for its workers to share; a HUP must
+    still bring the code changed on disk into the new workers, and the re-imported metrics
+    must still be served."""
+    env = _env(tmp_path, MONGO_URI=secantus_uri, MONGO_DB=secantus_db_name, RATELIMIT_ENABLED="false")
+    with _served_copy(tmp_path, env, "--workers", "2") as (master, port, tree):
+        first = _children(master.pid)
+        assert len(first) == 2
+        # A worker that imported the code itself holds ~3/4 of its pages alone; sharing, well under half.
+        assert all(_own_share(pid) < 0.5 for pid in first), [_own_share(pid) for pid in first]
+
+        _change_a_route(tree)
+        os.kill(master.pid, signal.SIGHUP)
+        assert _wait(lambda: _serves_the_change(port) and not any(_alive(pid) for pid in first), 60), \
+            (tmp_path / "gunicorn.log").read_text()
+        status, body = _get(port, "/metrics", {"Authorization": f"Bearer {API_KEY}"})
+        assert status == 200 and b"improvmx_http_requests" in body
+        assert master.poll() is None
+
+
+def test_with_reload_the_master_shares_nothing_so_a_changed_file_is_served(tmp_path, secantus_uri, secantus_db_name):
+    """`./dev.sh --reload`: gunicorn restarts a worker from the master when a file changes, so
+    a master holding the code would hand it the old one."""
+    env = _env(tmp_path, MONGO_URI=secantus_uri, MONGO_DB=secantus_db_name, RATELIMIT_ENABLED="false")
+    with _served_copy(tmp_path, env, "--workers", "1", "--reload") as (master, port, tree):
+        _change_a_route(tree)
+        assert _wait(lambda: _serves_the_change(port), 60), (tmp_path / "gunicorn.log").read_text()
