@@ -56,6 +56,20 @@ def client(app):
 
 
 @pytest.fixture
+def archive(app):
+    return app.extensions["archive"]
+
+
+@pytest.fixture
+def ui(client):
+    """A test client signed in to the web UI with the operator key."""
+    from tests.ui_helpers import sign_in  # ui_helpers imports this module
+
+    sign_in(client)
+    return client
+
+
+@pytest.fixture
 def auth():
     return {"Authorization": f"Bearer {API_KEY}"}
 

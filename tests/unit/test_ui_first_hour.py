@@ -17,18 +17,7 @@ from improvmx_archive.ui import framesize
 from improvmx_archive.ui.formatting import subject_text
 from improvmx_archive.ui.message import header_rows
 from improvmx_archive.ui.stats import TimedCache
-from tests.ui_helpers import mime, page, post_form, sign_in
-
-
-@pytest.fixture
-def archive(app):
-    return app.extensions["archive"]
-
-
-@pytest.fixture
-def ui(client):
-    sign_in(client)
-    return client
+from tests.ui_helpers import mime, page, post_form
 
 
 def delivered_mail(subject: str, to: str, delivered_to: str, cc: str | None = None, attachment=None) -> dict:

@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from improvmx_archive.indexer import SearchIndexer
 from improvmx_archive.sample import PIXEL_PNG, payload_from_mime, sample_mime
 from improvmx_archive.security import CSP_UI
 from improvmx_archive.ui.sessions import COOKIE_NAME
-from tests.ui_helpers import mime, page, post_form, sign_in
-
-
-@pytest.fixture
-def archive(app):
-    return app.extensions["archive"]
-
-
-@pytest.fixture
-def ui(client):
-    sign_in(client)
-    return client
+from tests.ui_helpers import mime, page, post_form
 
 
 def test_inbox_lists_newest_first_with_the_row_details(archive, ui):

@@ -9,20 +9,13 @@ import pytest
 
 from improvmx_archive.outbound.outbox import COLLECTION
 from improvmx_archive.sample import payload_from_mime, sample_mime
-from tests.ui_helpers import csrf_token, page, post_form, sign_in
+from tests.ui_helpers import csrf_token, page, post_form
 from tests.unit.test_sending_api import SENDING
 
 
 @pytest.fixture
 def app(make_app):
     return make_app(**SENDING)
-
-
-@pytest.fixture
-def ui(app):
-    client = app.test_client()
-    sign_in(client)
-    return client
 
 
 def store(app) -> str:
