@@ -29,3 +29,11 @@ def message_with_attachment(data: bytes, filename: str = "big.bin", subject: str
     message.set_content("See attachment.")
     message.add_attachment(data, maintype="application", subtype="octet-stream", filename=filename)
     return payload_from_mime(message.as_bytes())
+
+
+def addressed_payload(to: str, subject: str) -> dict:
+    """A small payload to one alias with one text attachment, in ImprovMX's JSON shape."""
+    return {"from": {"email": "customer@example.org", "name": "Customer"}, "to": [{"email": to, "name": ""}],
+            "subject": subject, "text": f"body of {subject}", "html": None, "headers": {},
+            "attachments": [{"name": "a.txt", "type": "text/plain", "content": "aGVsbG8=", "encoding": "base64"}],
+            "inlines": []}

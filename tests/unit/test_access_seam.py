@@ -8,13 +8,7 @@ import pytest
 from improvmx_archive.access.visibility import can_see, may_send_as, visibility_filter
 from improvmx_archive.access.principal import Principal
 from improvmx_archive.audience import audience_of, backfill
-
-
-def _payload(to: str, subject: str) -> dict:
-    return {"from": {"email": "customer@example.org", "name": "Customer"}, "to": [{"email": to, "name": ""}],
-            "subject": subject, "text": f"body of {subject}", "html": None, "headers": {},
-            "attachments": [{"name": "a.txt", "type": "text/plain", "content": "aGVsbG8=", "encoding": "base64"}],
-            "inlines": []}
+from tests.payloads import addressed_payload
 
 
 @pytest.fixture
@@ -23,7 +17,7 @@ def team(app, client):
     people, keys = app.extensions["people"], app.extensions["keys"]
     ids = {}
     for to in ("support@archive.test", "sales@archive.test", "orders@shop.test"):
-        ids[to] = client.post("/webhook", json=_payload(to, f"for {to}")).get_json()["email_id"]
+        ids[to] = client.post("/webhook", json=addressed_payload(to, f"for {to}")).get_json()["email_id"]
     ana = people.add("ana", "ana@archive.test")
     people.grant("ana", ["support@archive.test"])
     bo = people.add("bo", "bo@archive.test")
@@ -118,7 +112,7 @@ def test_the_rule_in_memory_agrees_with_the_filter():
 
 
 def test_older_messages_get_their_tags(app, client):
-    client.post("/webhook", json=_payload("support@archive.test", "old"))
+    client.post("/webhook", json=addressed_payload("support@archive.test", "old"))
     emails = app.extensions["database"].emails
     emails.update_many({}, {"$unset": {"audience": ""}})
     assert backfill(emails) == 1

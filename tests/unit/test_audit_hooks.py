@@ -14,20 +14,14 @@ from improvmx_archive.access.audit import ENTRIES
 from improvmx_archive.sample import sample_mime
 from improvmx_archive.ui.sessions import COOKIE_NAME
 from tests.conftest import API_KEY
+from tests.payloads import addressed_payload
 from tests.ui_helpers import csrf_token, page, sign_in
-
-
-def _payload(to: str, subject: str) -> dict:
-    return {"from": {"email": "customer@example.org", "name": "Customer"}, "to": [{"email": to, "name": ""}],
-            "subject": subject, "text": f"body of {subject}", "html": None, "headers": {},
-            "attachments": [{"name": "a.txt", "type": "text/plain", "content": "aGVsbG8=", "encoding": "base64"}],
-            "inlines": []}
 
 
 @pytest.fixture
 def team(app, client):
     people, keys = app.extensions["people"], app.extensions["keys"]
-    ids = {to: client.post("/webhook", json=_payload(to, f"for {to}")).get_json()["email_id"]
+    ids = {to: client.post("/webhook", json=addressed_payload(to, f"for {to}")).get_json()["email_id"]
            for to in ("support@archive.test", "sales@archive.test")}
     ana = people.add("ana", "ana@archive.test")
     people.grant("ana", ["support@archive.test"])
