@@ -28,6 +28,7 @@ from devtools import processes
 from improvmx_archive.indexer import SearchIndexer
 from improvmx_archive.sample import payload_from_mime
 from tests.conftest import API_KEY
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -51,16 +52,6 @@ def _mime(number: int, to: str, *, cc: str | None = None, attachment: bool = Fal
         message.add_attachment(bytes(range(256)) * 20, maintype="application", subtype="octet-stream",
                                filename=f"data-{number}.bin")
     return message.as_bytes()
-
-
-def wait_until(condition, timeout: float = DEADLINE, message: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"{message} not met within {timeout}s")
 
 
 class Stack:
@@ -111,7 +102,7 @@ class Stack:
             top = self.database.emails.find_one({}, {"imap_uid": 1}, sort=[("imap_uid", -1)])
             state = self.database.imap_state.find_one({"_id": "numbering"}) or {}
             return top is None or state.get("visible_through", 0) >= top["imap_uid"]
-        wait_until(published, message="numbering")
+        wait_until(published, "numbering", DEADLINE)
 
     def imap(self, user: str = "operator", password: str = API_KEY) -> IMAPClient:
         connection = IMAPClient("localhost", port=self.port, ssl=True, ssl_context=self.context, timeout=30)
@@ -320,7 +311,7 @@ def test_idle_and_noop_see_a_new_webhook_delivery(filled):
         imap.idle_done()
         assert (before + 1, b"EXISTS") in responses
         filled.deliver(_mime(51, f"sales@{DOMAIN}"))
-        wait_until(lambda: (imap.noop()[1] and False) or len(imap.search("ALL")) == before + 2, message="NOOP")
+        wait_until(lambda: (imap.noop()[1] and False) or len(imap.search("ALL")) == before + 2, "NOOP", DEADLINE)
 
 
 def test_access_matrix_over_imap(filled):
@@ -500,7 +491,7 @@ def test_a_mongodb_outage_answers_no_and_the_server_recovers(tmp_path):
             with pytest.raises(LoginError):
                 stack.imap()
             database.start()
-            wait_until(lambda: _fetch_works(imap, uids), message="recovery")
+            wait_until(lambda: _fetch_works(imap, uids), "recovery", DEADLINE)
         with stack.imap() as again:
             again.select_folder("INBOX", readonly=True)
             assert sorted(again.search("ALL")) == sorted(uids)
@@ -549,7 +540,7 @@ def test_starttls_port_a_certificate_reload_on_sighup_and_metrics(stack):
     stack.cert.write_bytes(fresh_cert.read_bytes())
     stack.key.write_bytes(fresh_key.read_bytes())
     stack.server.signal(signal.SIGHUP)
-    second = wait_until(lambda: _try(lambda: presented(fresh_cert)), message="the renewed certificate")
+    second = wait_until(lambda: _try(lambda: presented(fresh_cert)), "the renewed certificate", DEADLINE)
     assert second != first
 
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:

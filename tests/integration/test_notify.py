@@ -23,6 +23,7 @@ from devtools import processes
 from devtools.processes import free_port
 from improvmx_archive import notify
 from improvmx_archive.sample import payload_from_mime, sample_mime
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -136,13 +137,6 @@ def payload(n: int) -> dict:
     return message
 
 
-def wait_until(condition, what: str) -> None:
-    deadline = time.monotonic() + PATIENCE_SECONDS
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def test_every_stored_message_is_announced_across_failures_downtime_and_a_restart(
         start_app, receiver, fast_retries, caplog):
     caplog.set_level(logging.INFO, logger="improvmx_archive")
@@ -153,7 +147,7 @@ def test_every_stored_message_is_announced_across_failures_downtime_and_a_restar
     ids = [client.post("/webhook", json=message).get_json()["email_id"] for message in first]
     duplicate = client.post("/webhook", json=first[0]).get_json()
     assert duplicate["duplicate"] is True and duplicate["email_id"] == ids[0]
-    wait_until(lambda: len(receiver.acknowledged()) >= 2, "the first announcements")
+    wait_until(lambda: len(receiver.acknowledged()) >= 2, "the first announcements", PATIENCE_SECONDS)
 
     receiver.down()
     ids += [client.post("/webhook", json=payload(n)).get_json()["email_id"] for n in range(4, 7)]
@@ -162,10 +156,10 @@ def test_every_stored_message_is_announced_across_failures_downtime_and_a_restar
 
     app = start_app()
     ids.append(str(app.extensions["spool"].put(payload(7))))  # announced once replayed into MongoDB
-    wait_until(lambda: app.extensions["archive"].emails.count_documents({}) == 8, "the spool replay")
+    wait_until(lambda: app.extensions["archive"].emails.count_documents({}) == 8, "the spool replay", PATIENCE_SECONDS)
     receiver.up()
     wait_until(lambda: {json.loads(r.body)["email_id"] for r in receiver.acknowledged()} == set(ids),
-               "every message announced")
+               "every message announced", PATIENCE_SECONDS)
 
     acknowledged = receiver.acknowledged()
     assert all(valid(r) for r in receiver.received)
@@ -179,7 +173,8 @@ def test_every_stored_message_is_announced_across_failures_downtime_and_a_restar
     deliveries = {r.delivery for r in acknowledged}
     assert len(deliveries) == len(ids)
     outbox = app.extensions["outbox"]
-    wait_until(lambda: outbox.counts() == {"unsent": 0, "pending": 0, "failed": 0}, "the outbox to drain")
+    wait_until(lambda: outbox.counts() == {"unsent": 0, "pending": 0, "failed": 0}, "the outbox to drain",
+               PATIENCE_SECONDS)
     logged = caplog.text
     assert CREDENTIAL not in logged and TOKEN not in logged and "/hook" not in logged
     assert "retrying later" in logged
@@ -193,10 +188,11 @@ def test_a_redirect_is_not_followed_and_counts_as_a_failed_attempt(start_app, re
         receiver.status, receiver.location = 307, f"http://127.0.0.1:{elsewhere.port}/hook"
         app = start_app()
         app.test_client().post("/webhook", json=payload(0))
-        wait_until(lambda: receiver.received, "the first attempt")
+        wait_until(lambda: receiver.received, "the first attempt", PATIENCE_SECONDS)
         outbox = app.extensions["outbox"]
         # The sender records the outcome after the answer arrives: wait for that, not a fixed time.
-        wait_until(lambda: (outbox.outbox.find_one({}) or {}).get("last_result"), "the attempt's recorded outcome")
+        wait_until(lambda: (outbox.outbox.find_one({}) or {}).get("last_result"), "the attempt's recorded outcome",
+                   PATIENCE_SECONDS)
         item = outbox.outbox.find_one({})
         assert item["status"] == "pending" and item["last_result"] == "HTTP 307"
         assert elsewhere.received == [] and len(receiver.received) == 1
@@ -227,7 +223,7 @@ def test_notifications_survive_killing_gunicorn_while_the_receiver_is_down(
         messages = [payload(n) for n in range(6)]
         ids = [post(first, message)["email_id"] for message in messages[:3]]
         assert post(first, messages[0])["duplicate"] is True
-        wait_until(lambda: receiver.acknowledged(), "a first announcement")
+        wait_until(lambda: receiver.acknowledged(), "a first announcement", PATIENCE_SECONDS)
         receiver.down()
         ids += [post(first, message)["email_id"] for message in messages[3:]]
         time.sleep(1)
@@ -239,7 +235,7 @@ def test_notifications_survive_killing_gunicorn_while_the_receiver_is_down(
         time.sleep(1)
         receiver.up()
         wait_until(lambda: {json.loads(r.body)["email_id"] for r in receiver.acknowledged()} == set(ids),
-                   "every message announced after the crash")
+                   "every message announced after the crash", PATIENCE_SECONDS)
     finally:
         second.stop()
     assert all(valid(r) for r in receiver.received)

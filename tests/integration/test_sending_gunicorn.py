@@ -18,21 +18,12 @@ from pymongo import MongoClient
 from devtools import processes
 from devtools.smtp_relay import PASSWORD, USERNAME, Relay, make_ca
 from improvmx_archive.outbound.outbox import COLLECTION
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.slow
 
 KEY = "sending-crash-key-0123456789"
 LEASE_SECONDS = 3
-
-
-def wait_until(condition, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def call(server, method: str, path: str, body=None) -> tuple[int, dict]:
