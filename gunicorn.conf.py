@@ -66,8 +66,9 @@ proc_name = "improvmx-webhook"
 # Check the settings in the master before any worker is forked. A worker that exits on a
 # configuration error is simply forked again, many times a second, while the master keeps
 # listening (gunicorn halts only for its own boot-error codes), and systemd sees it "active".
-# The check runs in a child interpreter so the master never imports the application: a HUP
-# reload must import new code in the new workers.
+# The check runs in a child interpreter, before the master imports the code it shares
+# (_share_application_code): settings or code that cannot load then stop the start or the
+# reload with one line, and never leave the master holding half-imported modules.
 _SETTINGS_CHECK = [sys.executable, "-c", "from improvmx_archive.config import exit_if_invalid; exit_if_invalid()"]
 
 
